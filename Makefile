@@ -1,0 +1,64 @@
+# Aster developer entry points. `make up` and `make test` work on a fresh
+# machine: they create .venv, install everything and check gen/ first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.stamp-installed
+BUF := node_modules/.bin/buf
+PYROOT := build/pyroot
+
+.PHONY: up serve edge test test-fast lint gen check-gen buf-deps buf-lint buf-breaking typecheck bench venv clean
+
+up: check-gen
+	$(BIN)/aster up
+
+venv: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+$(BUF): package.json
+	npm install --no-audit --no-fund --silent
+	touch $@
+
+gen: venv
+	$(BIN)/aster gen
+
+check-gen: venv
+	$(BIN)/aster gen --check
+
+buf-deps: venv
+	$(BIN)/python -c 'from pathlib import Path; from aster.server.codegen import stage_buf_dependencies as s; s(Path("build/protodeps"))'
+
+buf-lint: buf-deps $(BUF)
+	$(BUF) lint --path proto
+
+# Compares the working tree's contract with main's (buf.yaml: FILE rules).
+buf-breaking: buf-deps $(BUF)
+	$(BIN)/python -m aster.server.breaking
+
+# mypy resolves aster.* through a tree of links that mirrors the import names.
+$(PYROOT):
+	mkdir -p $(PYROOT)/aster
+	ln -sfn ../../../server $(PYROOT)/aster/server
+	ln -sfn ../../../clients/python $(PYROOT)/aster/client
+	ln -sfn ../../../gen/python/aster/v1 $(PYROOT)/aster/v1
+
+typecheck: venv $(PYROOT)
+	$(BIN)/mypy -p aster.server -p aster.client
+
+lint: venv buf-lint typecheck
+	$(BIN)/ruff check server clients/python tests bench
+	$(BIN)/ruff format --check server clients/python tests bench
+
+test: venv buf-deps $(BUF) $(PYROOT)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python bench/unary.py
+
+clean:
+	rm -rf $(VENV) build node_modules .aster

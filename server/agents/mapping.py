@@ -1,0 +1,82 @@
+"""Agent messages ⇄ agent domain types."""
+
+from __future__ import annotations
+
+from aster.server.agents.models import Agent, AgentSpec, AgentState, ModelConfig, SecretRef
+from aster.server.rpc.convert import dict_to_struct, struct_to_dict, timestamp
+from aster.v1 import agent_pb2
+
+_STATE_TO_PROTO = {
+    AgentState.ACTIVE: agent_pb2.AGENT_STATE_ACTIVE,
+    AgentState.DISABLED: agent_pb2.AGENT_STATE_DISABLED,
+}
+_STATE_FROM_PROTO = {v: k for k, v in _STATE_TO_PROTO.items()}
+_STATE_FROM_PROTO[agent_pb2.AGENT_STATE_UNSPECIFIED] = AgentState.ACTIVE
+
+# Fields of Agent that the server owns; an empty update mask ignores them.
+OUTPUT_FIELDS = frozenset({"id", "etag", "create_time", "update_time"})
+
+
+def spec_from_proto(message: agent_pb2.Agent) -> AgentSpec:
+    """The caller-settable fields of `message`."""
+    model = message.model
+    api_key = None
+    if model.HasField("api_key"):
+        api_key = SecretRef(env=model.api_key.env, file=model.api_key.file)
+    return AgentSpec(
+        display_name=message.display_name,
+        description=message.description,
+        instructions=message.instructions,
+        model=ModelConfig(
+            provider=model.provider or "scripted",
+            model=model.model,
+            temperature=model.temperature if model.HasField("temperature") else None,
+            max_output_tokens=(
+                model.max_output_tokens if model.HasField("max_output_tokens") else None
+            ),
+            api_key=api_key,
+            base_url=model.base_url,
+            params=struct_to_dict(model.params),
+        ),
+        tools=list(message.tools),
+        labels=dict(message.labels),
+        metadata=struct_to_dict(message.metadata),
+        state=_STATE_FROM_PROTO.get(message.state, AgentState.ACTIVE),
+    )
+
+
+def set_fields(message: agent_pb2.Agent) -> list[str]:
+    """The caller-settable fields `message` sets: the implied update mask."""
+    return [f.name for f, _ in message.ListFields() if f.name not in OUTPUT_FIELDS]
+
+
+def agent_to_proto(agent: Agent) -> agent_pb2.Agent:
+    """The full message of a stored agent."""
+    spec, model = agent.spec, agent.spec.model
+    model_message = agent_pb2.ModelConfig(
+        provider=model.provider,
+        model=model.model,
+        temperature=model.temperature,
+        max_output_tokens=model.max_output_tokens,
+        base_url=model.base_url,
+        params=dict_to_struct(model.params),
+    )
+    if model.api_key is not None:
+        if model.api_key.env:
+            model_message.api_key.env = model.api_key.env
+        elif model.api_key.file:
+            model_message.api_key.file = model.api_key.file
+    return agent_pb2.Agent(
+        id=agent.id,
+        display_name=spec.display_name,
+        description=spec.description,
+        instructions=spec.instructions,
+        model=model_message,
+        tools=spec.tools,
+        labels=spec.labels,
+        metadata=dict_to_struct(spec.metadata),
+        state=_STATE_TO_PROTO[spec.state],
+        create_time=timestamp(agent.create_time),
+        update_time=timestamp(agent.update_time),
+        etag=agent.etag,
+    )

@@ -1,0 +1,103 @@
+"""Server settings: environment variables (`ASTER_*`) with CLI flags that
+mirror them, validated once at start-up."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class LogFormat(StrEnum):
+    """How log lines are written."""
+
+    JSON = "json"
+    TEXT = "text"
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Field `grpc_port` is `ASTER_GRPC_PORT`, and so on."""
+
+    model_config = SettingsConfigDict(env_prefix="ASTER_", extra="ignore", frozen=True)
+
+    grpc_host: str = "0.0.0.0"
+    grpc_port: Port = 50051
+    http_port: Port = 8080
+    metrics_port: Port = 9464
+    # The metrics endpoint binds here; the edge serves it at /metrics.
+    metrics_host: str = "127.0.0.1"
+    envoy_admin_port: Port = 9901
+    data_dir: Path = Path(".aster")
+    database_url: str = ""
+    redis_url: str = ""
+    log_level: str = "info"
+    log_format: LogFormat = LogFormat.JSON
+    reflection: bool = True
+    shutdown_grace_s: float = Field(10.0, ge=0)
+    workers: int = Field(1, ge=1, le=64)
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # Where `aster edge` sends traffic; defaults to this server's gRPC port.
+    upstreams: str = ""
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.lower()
+        if level not in {"debug", "info", "warning", "error", "critical"}:
+            raise ValueError("must be one of debug, info, warning, error, critical")
+        return level
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                "must start with sqlite+aiosqlite:// or postgresql+asyncpg:// "
+                f"(got {value.split('://', 1)[0]}://...)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Settings:
+        ports = {
+            "grpc_port": self.grpc_port,
+            "http_port": self.http_port,
+            "metrics_port": self.metrics_port,
+            "envoy_admin_port": self.envoy_admin_port,
+        }
+        seen: dict[int, str] = {}
+        for name, port in ports.items():
+            if port and port in seen:
+                raise ValueError(f"{name} and {seen[port]} are both {port}")
+            seen[port] = name
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'aster.db').resolve()}"
+
+    @property
+    def storage_backend(self) -> str:
+        """`sqlite` or `postgresql`."""
+        return "postgresql" if self.effective_database_url.startswith("postgresql") else "sqlite"
+
+    @property
+    def upstream_addresses(self) -> list[tuple[str, int]]:
+        """The gRPC servers the edge balances across, as (host, port)."""
+        if not self.upstreams:
+            return [("127.0.0.1", self.grpc_port)]
+        result = []
+        for item in self.upstreams.split(","):
+            host, _, port = item.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"ASTER_UPSTREAMS: {item!r} is not host:port")
+            result.append((host, int(port)))
+        return result

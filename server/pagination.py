@@ -1,0 +1,61 @@
+"""Page sizes and opaque page tokens (keyset cursors), for every List call."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import dataclass
+
+from aster.server.errors import InvalidArgument
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """The position after the last item of a page: its sort key and id."""
+
+    sort_key: str
+    last_id: str
+
+
+def page_size(requested: int) -> int:
+    """Applies the default and the cap; negative sizes are an error."""
+    if requested < 0:
+        raise InvalidArgument(f"page_size must not be negative (got {requested})", field="page_size")
+    if requested == 0:
+        return DEFAULT_PAGE_SIZE
+    return min(requested, MAX_PAGE_SIZE)
+
+
+def _fingerprint(query: str) -> str:
+    return hashlib.blake2b(query.encode(), digest_size=6).hexdigest()
+
+
+def encode_token(cursor: Cursor, query: str) -> str:
+    """A token for the page after `cursor`, bound to the request's `query`
+    (its filter and other parameters) so it cannot be reused with another."""
+    raw = json.dumps([cursor.sort_key, cursor.last_id, _fingerprint(query)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_token(token: str, query: str) -> Cursor | None:
+    """The cursor in `token`, or None for the first page."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        sort_key, last_id, fingerprint = json.loads(raw)
+        if not isinstance(sort_key, str) or not isinstance(last_id, str):
+            raise ValueError
+    except (ValueError, binascii.Error, TypeError):
+        raise InvalidArgument("page_token is malformed", field="page_token") from None
+    if fingerprint != _fingerprint(query):
+        raise InvalidArgument(
+            "page_token was issued for a different filter; start again without it",
+            field="page_token",
+        )
+    return Cursor(sort_key, last_id)

@@ -1,0 +1,34 @@
+"""The one mapping from Aster errors to gRPC statuses with rich details."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from aster.server.errors import AsterError
+
+ERROR_DOMAIN = "aster.dev"
+
+
+def status_for(error: AsterError) -> grpc.Status:
+    """The status for `error`: its code and message, with a
+    `google.rpc.ErrorInfo` detail (reason, domain and metadata such as the field)."""
+    code = grpc.StatusCode[error.code]
+    detail = any_pb2.Any()
+    detail.Pack(
+        error_details_pb2.ErrorInfo(
+            reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+        )
+    )
+    message = status_pb2.Status(code=code.value[0], message=error.message, details=[detail])
+    return rpc_status.to_status(message)
+
+
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: AsterError) -> None:
+    """Ends the call with the status of `error`."""
+    status = status_for(error)
+    await context.abort(status.code, status.details, status.trailing_metadata)

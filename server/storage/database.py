@@ -1,0 +1,78 @@
+"""The async engine and sessions, for SQLite (embedded) and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, exc
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from aster.server.errors import Unavailable
+
+
+class Database:
+    """Owns the engine; hands out sessions that turn connection failures into
+    UNAVAILABLE errors."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.backend = "postgresql" if url.startswith("postgresql") else "sqlite"
+        self.engine = _create_engine(url)
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction, committed when the block exits cleanly."""
+        try:
+            async with self._sessions.begin() as session:
+                yield session
+        except exc.DBAPIError as err:
+            if err.connection_invalidated or self._is_outage(err):
+                raise Unavailable(f"the database is unavailable: {err.orig!s:.200}") from err
+            raise
+        except OSError as err:
+            raise Unavailable(f"the database is unavailable: {err}") from err
+
+    def _is_outage(self, err: exc.DBAPIError) -> bool:
+        if isinstance(err.orig, OSError):
+            return True
+        if self.backend == "sqlite":
+            return "database is locked" in str(err.orig)
+        return isinstance(err, exc.OperationalError | exc.InterfaceError)
+
+    async def ping(self) -> bool:
+        """True if the database answers a trivial query."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.exec_driver_sql("SELECT 1")
+            return True
+        except Exception:  # noqa: BLE001 - any failure means "not healthy"
+            return False
+
+    async def close(self) -> None:
+        """Closes every pooled connection."""
+        await self.engine.dispose()
+
+
+def _create_engine(url: str) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets several worker processes read while one writes; busy_timeout
+    # makes writers wait for each other instead of failing at once.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

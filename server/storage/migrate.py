@@ -1,0 +1,67 @@
+"""Applies Alembic migrations and checks the schema version at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
+
+from aster.server.storage.database import Database
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+class SchemaMismatch(RuntimeError):
+    """The database's schema is one this build of Aster does not know."""
+
+
+def _config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    """The newest revision this build knows."""
+    head = ScriptDirectory.from_config(_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def _upgrade(connection: Connection) -> None:
+    _check_known(connection)
+    command.upgrade(_config(connection), "head")
+
+
+def _check_known(connection: Connection) -> None:
+    current = MigrationContext.configure(connection).get_current_revision()
+    if current is None:
+        return
+    script = ScriptDirectory.from_config(_config())
+    known = {rev.revision for rev in script.walk_revisions()}
+    if current not in known:
+        raise SchemaMismatch(
+            f"the database schema is at revision {current!r}, which this Aster build does not "
+            f"know (newest known: {head_revision()!r}); upgrade Aster, or point it at another "
+            "database"
+        )
+
+
+async def upgrade(db: Database) -> None:
+    """Brings the schema to this build's head revision."""
+    async with db.engine.begin() as conn:
+        await conn.run_sync(_upgrade)
+
+
+async def current_revision(db: Database) -> str | None:
+    """The revision the database is at; None for an empty database."""
+    async with db.engine.connect() as conn:
+        return await conn.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_revision()
+        )
