@@ -37,6 +37,33 @@ def streaming_methods(path: Path) -> list[str]:
     return sorted(result)
 
 
+# Envoy's own error replies, by HTTP status, get the gRPC code that a
+# transcoded error with that status would carry.
+LOCAL_REPLY_GRPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 413: 8, 429: 8, 503: 14, 504: 4}
+UNKNOWN_CODE = 2
+
+
+def _local_reply_mappers() -> str:
+    def mapper(op: str, status: int, code: int) -> dict[str, Any]:
+        return {
+            "filter": {
+                "status_code_filter": {
+                    "comparison": {
+                        "op": op,
+                        "value": {"default_value": status, "runtime_key": f"edge.reply_{status}"},
+                    }
+                }
+            },
+            "body_format_override": {
+                "json_format": {"code": code, "message": "%LOCAL_REPLY_BODY%", "details": []},
+                "content_type": "application/json",
+            },
+        }
+
+    exact = [mapper("EQ", status, code) for status, code in LOCAL_REPLY_GRPC_CODES.items()]
+    return json.dumps([*exact, mapper("GE", 400, UNKNOWN_CODE)])
+
+
 def _endpoints(addresses: list[tuple[str, int]]) -> str:
     items: list[dict[str, Any]] = [
         {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
@@ -84,6 +111,7 @@ def render(config: EdgeConfig, descriptor: Path | None = None) -> str:
     template = string.Template(TEMPLATE_PATH.read_text())
     return template.substitute(
         admin_port=config.admin_port,
+        local_reply_mappers=_local_reply_mappers(),
         listen_host=config.listen_host,
         http_port=config.http_port,
         streaming_routes=routes,

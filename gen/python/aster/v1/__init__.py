@@ -1,0 +1,1 @@
+"""Generated from proto/aster/v1. Do not edit."""
