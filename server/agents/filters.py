@@ -14,7 +14,7 @@ LABEL_KEY = r"[a-z][a-z0-9_.\-/]{0,62}"
 _CONDITION = re.compile(
     rf"""^(?:
         (?P<field>state)\s*=\s*(?P<state>"?[A-Za-z_]+"?)
-      | labels\.(?P<key>{LABEL_KEY})\s*(?:=\s*(?P<value>"[^"]*"|[^\s"]+)|:\s*(?P<any>\*))
+      | labels\.(?P<key>{LABEL_KEY})\s*(?:=\s*(?P<value>"[^"]*"|[A-Za-z0-9_.\-/]+)|:\s*(?P<any>\*))
     )$""",
     re.VERBOSE,
 )

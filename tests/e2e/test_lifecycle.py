@@ -1,0 +1,150 @@
+"""Server lifecycle: graceful shutdown, several workers, PostgreSQL, `aster up`."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from aster.server.rpc.catalog import service_names
+from aster.v1 import agent_pb2, agent_pb2_grpc, system_pb2, system_pb2_grpc
+from tests.processes import Ports, Process, stack_env, start_server, wait_grpc_healthy, wait_http_ok
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_health_has_one_status_per_service(tmp_path: Path) -> None:
+    ports = Ports()
+    server = start_server(ports, tmp_path)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for name in ["", *service_names()]:
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+                assert reply.status == SERVING, name
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await health.Check(health_pb2.HealthCheckRequest(service="aster.v1.Nope"))
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        assert server.stop() == 0
+
+
+async def test_graceful_shutdown_reports_not_serving_then_exits_zero(tmp_path: Path) -> None:
+    ports = Ports()
+    server = start_server(ports, tmp_path, ASTER_SHUTDOWN_GRACE_S="2")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+        states = [(await watch.read()).status]
+        assert states == [SERVING]
+        started = time.monotonic()
+        server.popen.send_signal(signal.SIGTERM)
+        states.append((await asyncio.wait_for(watch.read(), 5)).status)
+        assert states[-1] == NOT_SERVING
+        # New calls are refused while the in-flight Watch drains.
+        with pytest.raises(grpc.aio.AioRpcError):
+            await agent_pb2_grpc.AgentServiceStub(channel).ListAgents(
+                agent_pb2.ListAgentsRequest(), timeout=1, wait_for_ready=False
+            )
+    code = server.popen.wait(15)
+    elapsed = time.monotonic() - started
+    assert code == 0, server.log_tail()
+    # The open Watch held the server for the grace period, not longer.
+    assert elapsed < 2 + 5, elapsed
+    assert '"stopped"' in server.log_path.read_text()
+
+
+async def test_two_workers_share_the_port(tmp_path: Path) -> None:
+    ports = Ports()
+    server = start_server(ports, tmp_path, ASTER_WORKERS="2")
+    try:
+        pids: set[int] = set()
+        ids = []
+        for _ in range(20):
+            # A fresh channel per call lets the kernel spread connections.
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
+                agents = agent_pb2_grpc.AgentServiceStub(channel)
+                created = await agents.CreateAgent(
+                    agent_pb2.CreateAgentRequest(agent=agent_pb2.Agent(display_name="w"))
+                )
+                ids.append(created.id)
+                info = await system_pb2_grpc.SystemServiceStub(channel).GetInfo(system_pb2.GetInfoRequest())
+                assert info.workers == 2
+        # Every worker sees every agent: shared state lives in the database.
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
+            page = await agent_pb2_grpc.AgentServiceStub(channel).ListAgents(
+                agent_pb2.ListAgentsRequest(page_size=100)
+            )
+        assert [a.id for a in page.agents] == ids
+        children = subprocess.run(
+            ["pgrep", "-P", str(server.popen.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        pids.update(int(p) for p in children)
+        assert len(pids) >= 2, children
+        # The parent merges the workers' metrics.
+        metrics = httpx.get(f"http://127.0.0.1:{ports.metrics}/metrics").text
+        assert 'grpc_server_handled_total{grpc_code="OK",grpc_method="CreateAgent"' in metrics
+    finally:
+        assert server.stop() == 0, server.log_tail()
+
+
+@pytest.mark.postgres
+async def test_server_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    from tests.unit.storage.conftest import _reset_postgres
+
+    await _reset_postgres(postgres_url)
+    ports = Ports()
+    server = start_server(ports, tmp_path, ASTER_DATABASE_URL=postgres_url)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
+            agents = agent_pb2_grpc.AgentServiceStub(channel)
+            created = await agents.CreateAgent(
+                agent_pb2.CreateAgentRequest(agent=agent_pb2.Agent(display_name="pg"))
+            )
+            assert (await agents.GetAgent(agent_pb2.GetAgentRequest(id=created.id))) == created
+            info = await system_pb2_grpc.SystemServiceStub(channel).GetInfo(system_pb2.GetInfoRequest())
+            assert info.storage_backend == "postgresql"
+    finally:
+        assert server.stop() == 0
+        await _reset_postgres(postgres_url)
+
+
+def test_unreachable_database_fails_start_up_clearly(tmp_path: Path) -> None:
+    ports = Ports()
+    env = stack_env(ports, tmp_path, ASTER_DATABASE_URL=f"postgresql+asyncpg://x@127.0.0.1:{ports.admin}/db")
+    result = subprocess.run(
+        [sys.executable, "-m", "aster.server.cli", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert "database" in result.stderr.lower()
+
+
+def test_aster_up_runs_both_and_stops_on_sigterm(tmp_path: Path) -> None:
+    ports = Ports()
+    up = Process(
+        "up",
+        [sys.executable, "-m", "aster.server.cli", "up"],
+        stack_env(ports, tmp_path),
+        tmp_path / "logs",
+    )
+    try:
+        wait_grpc_healthy(up, ports.grpc)
+        wait_http_ok(up, f"http://127.0.0.1:{ports.http}/health")
+        created = httpx.post(f"http://127.0.0.1:{ports.http}/v1/agents", json={"display_name": "up"})
+        assert created.status_code == 200
+        assert f"localhost:{ports.grpc}" in up.log_path.read_text()
+    finally:
+        code = up.stop(30)
+    assert code == 0, up.log_tail()
+    # Both children are gone: the ports are free again.
+    for port in (ports.grpc, ports.http):
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
