@@ -34,27 +34,28 @@ buf-deps: venv
 	$(BIN)/python -c 'from pathlib import Path; from aster.server.codegen import stage_buf_dependencies as s; s(Path("build/protodeps"))'
 
 buf-lint: buf-deps $(BUF)
-	$(BUF) lint --path proto
+	$(BUF) lint
 
 # Compares the working tree's contract with main's (buf.yaml: FILE rules).
 buf-breaking: buf-deps $(BUF)
 	$(BIN)/python -m aster.server.breaking
 
 # mypy resolves aster.* through a tree of links that mirrors the import names.
-$(PYROOT):
+$(PYROOT)/aster:
 	mkdir -p $(PYROOT)/aster
 	ln -sfn ../../../server $(PYROOT)/aster/server
 	ln -sfn ../../../clients/python $(PYROOT)/aster/client
 	ln -sfn ../../../gen/python/aster/v1 $(PYROOT)/aster/v1
 
-typecheck: venv $(PYROOT)
+typecheck: venv $(PYROOT)/aster
 	$(BIN)/mypy -p aster.server -p aster.client
 
 lint: venv buf-lint typecheck
 	$(BIN)/ruff check server clients/python tests bench
 	$(BIN)/ruff format --check server clients/python tests bench
 
-test: venv buf-deps $(BUF) $(PYROOT)
+# The whole suite: style and types first (fast), then every test.
+test: venv buf-deps $(BUF) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: venv

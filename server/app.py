@@ -6,6 +6,7 @@ import asyncio
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import structlog
@@ -26,6 +27,9 @@ from aster.server.system.service import VERSION, ServerInfo, SystemService
 from aster.server.system.servicer import SystemServicer
 
 _log = structlog.get_logger("aster.server")
+
+# grpc-stubs does not know the asyncio health servicer.
+AsyncHealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -69,7 +73,7 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
 
 def build_server(
     settings: Settings, components: Components
-) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+) -> tuple[grpc.aio.Server, AsyncHealthServicer]:
     """A server with every service, health and (optionally) reflection."""
     server = grpc.aio.server(
         interceptors=[MetricsInterceptor(), ErrorInterceptor()],
@@ -89,7 +93,7 @@ def build_server(
             servicer = with_pending_methods(base, entry.descriptor(), entry.area)()
         getattr(module, f"add_{entry.name}Servicer_to_server")(servicer, server)
 
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
         names = [*service_names(), health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
@@ -97,7 +101,7 @@ def build_server(
     return server, health_servicer
 
 
-async def set_serving(health_servicer: health.aio.HealthServicer) -> None:
+async def set_serving(health_servicer: AsyncHealthServicer) -> None:
     """Marks every service, and the server as a whole (`""`), SERVING."""
     for name in ["", *service_names()]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

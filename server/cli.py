@@ -113,10 +113,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         server.wait()
         print("aster: the gRPC server did not become healthy", file=sys.stderr)
         return 1
-    children.append(start_envoy(edge_config(settings), settings.data_dir / "edge", settings.log_level))
+    children.append(
+        start_envoy(edge_config(settings), settings.data_dir / "edge", settings.log_level)
+    )
     print(
         "\nAster is up:\n"
-        f"  gRPC          localhost:{settings.grpc_port}   (grpcurl -plaintext localhost:{settings.grpc_port} list)\n"
+        f"  gRPC          localhost:{settings.grpc_port}"
+        f"   (grpcurl -plaintext localhost:{settings.grpc_port} list)\n"
         f"  REST and SSE  http://localhost:{settings.http_port}/v1/agents\n"
         f"  health        http://localhost:{settings.http_port}/health\n"
         f"  metrics       http://localhost:{settings.http_port}/metrics\n"

@@ -25,7 +25,9 @@ class Cursor:
 def page_size(requested: int) -> int:
     """Applies the default and the cap; negative sizes are an error."""
     if requested < 0:
-        raise InvalidArgument(f"page_size must not be negative (got {requested})", field="page_size")
+        raise InvalidArgument(
+            f"page_size must not be negative (got {requested})", field="page_size"
+        )
     if requested == 0:
         return DEFAULT_PAGE_SIZE
     return min(requested, MAX_PAGE_SIZE)

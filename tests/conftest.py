@@ -85,7 +85,7 @@ def _postgres_reachable(url: str) -> str | None:
         with ThreadPoolExecutor(1) as pool:
             pool.submit(asyncio.run, probe()).result()
         return None
-    except Exception as err:  # noqa: BLE001 - any failure means unreachable
+    except Exception as err:
         return f"{type(err).__name__}: {err}"
 
 

@@ -1,6 +1,6 @@
 """Parses the `filter` of ListAgents: conditions joined by AND.
 
-    state=ACTIVE AND labels.team=ml AND labels.tier:*
+state=ACTIVE AND labels.team=ml AND labels.tier:*
 """
 
 from __future__ import annotations

@@ -36,7 +36,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         )
         return agent_to_proto(agent)
 
-    async def GetAgent(self, request: agent_pb2.GetAgentRequest, context: Context) -> agent_pb2.Agent:
+    async def GetAgent(
+        self, request: agent_pb2.GetAgentRequest, context: Context
+    ) -> agent_pb2.Agent:
         return agent_to_proto(await self._service.get(current_tenant(), request.id))
 
     async def ListAgents(

@@ -28,7 +28,7 @@ def streaming_methods(path: Path) -> list[str]:
     """gRPC paths (`/pkg.Service/Method`) of every server-streaming RPC."""
     files = descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
     wanted = set(service_names())
-    result = []
+    result: list[str] = []
     for file in files.file:
         for service in file.service:
             full = f"{file.package}.{service.name}"

@@ -45,6 +45,8 @@ def envoy_command(config_path: Path, log_level: str = "warning") -> list[str]:
     ]
 
 
-def start_envoy(config: EdgeConfig, directory: Path, log_level: str = "warning") -> subprocess.Popen[bytes]:
+def start_envoy(
+    config: EdgeConfig, directory: Path, log_level: str = "warning"
+) -> subprocess.Popen[bytes]:
     """Renders the configuration and starts Envoy on it."""
     return subprocess.Popen(envoy_command(write_config(config, directory), log_level))

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client import multiprocess as prometheus_multiprocess
 from py_grpc_prometheus import server_metrics
 
-from aster.server.rpc.handlers import Streaming, Unary, wrap_handler
+from aster.server.rpc.handlers import ServerInterceptor, Streaming, Unary, wrap_handler
 
 _log = structlog.get_logger("aster.access")
 
@@ -24,7 +24,7 @@ UNARY = "UNARY"
 SERVER_STREAM = "SERVER_STREAMING"
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class MetricsInterceptor(ServerInterceptor):
     """Counts and times every RPC, and writes one access-log line per call."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -36,7 +36,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
@@ -92,7 +94,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
     def _streaming(self, behavior: Streaming, service: str, method: str) -> Streaming:
         labels = self._labels(SERVER_STREAM, service, method)
 
-        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        async def call(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
             self._metrics["grpc_server_started_counter"].labels(**labels).inc()
             sent = self._metrics["grpc_server_stream_msg_sent"].labels(**labels)
             started = time.perf_counter()
@@ -133,7 +137,7 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     worker processes), the samples of every worker are merged."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        prometheus_multiprocess.MultiProcessCollector(registry)
+        prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         start_http_server(port, addr=host, registry=registry)
     else:
         start_http_server(port, addr=host)

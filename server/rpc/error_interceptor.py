@@ -10,7 +10,7 @@ import grpc
 import structlog
 
 from aster.server.errors import AsterError
-from aster.server.rpc.handlers import Streaming, Unary, wrap_handler
+from aster.server.rpc.handlers import ServerInterceptor, Streaming, Unary, wrap_handler
 from aster.server.rpc.status import abort_with
 
 _log = structlog.get_logger("aster.rpc")
@@ -18,13 +18,15 @@ _log = structlog.get_logger("aster.rpc")
 INTERNAL_MESSAGE = "internal error; the server log has the details"
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+class ErrorInterceptor(ServerInterceptor):
     """AsterError → its status with ErrorInfo; anything unexpected → INTERNAL,
     logged with its traceback, and never leaked to the caller."""
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
@@ -63,7 +65,9 @@ def _unary(method: str) -> Callable[[Unary], Unary]:
 
 def _streaming(method: str) -> Callable[[Streaming], Streaming]:
     def around(behavior: Streaming) -> Streaming:
-        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        async def call(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
             try:
                 async for item in behavior(request, context):
                     yield item

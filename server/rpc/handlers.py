@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
+
+if TYPE_CHECKING:
+    ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    ServerInterceptor = grpc.aio.ServerInterceptor
 
 Unary = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 Streaming = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
@@ -20,21 +25,22 @@ def wrap_handler(
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler whose behaviour is wrapped by `around_unary` (unary
     responses) or `around_streaming` (streamed responses)."""
+    behaviors: Any = handler  # grpc-stubs types the behaviours as synchronous
     codecs = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(around_unary(handler.unary_unary), **codecs)
+        return grpc.unary_unary_rpc_method_handler(around_unary(behaviors.unary_unary), **codecs)
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(
-            around_streaming(_as_async_iterator(handler.unary_stream)), **codecs
+            around_streaming(_as_async_iterator(behaviors.unary_stream)), **codecs
         )
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(around_unary(handler.stream_unary), **codecs)
+        return grpc.stream_unary_rpc_method_handler(around_unary(behaviors.stream_unary), **codecs)
     if handler.stream_stream:
         return grpc.stream_stream_rpc_method_handler(
-            around_streaming(_as_async_iterator(handler.stream_stream)), **codecs
+            around_streaming(_as_async_iterator(behaviors.stream_stream)), **codecs
         )
     return handler
 
@@ -45,7 +51,9 @@ def _as_async_iterator(behavior: Any) -> Streaming:
     if inspect.isasyncgenfunction(behavior):
         return behavior  # type: ignore[no-any-return]
 
-    async def iterate(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    async def iterate(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
         result = behavior(request, context)
         if inspect.isawaitable(result):
             result = await result

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from aster.server.errors import NotImplementedYet
-
-T = TypeVar("T")
 
 
 def _pending(method: MethodDescriptor, area: str) -> Callable[..., Any]:
@@ -38,11 +36,11 @@ def _implements(servicer: type[Any], name: str) -> bool:
 
 
 def with_pending_methods(
-    servicer: type[T],
+    servicer: type[Any],
     service: ServiceDescriptor,
     default_area: str,
     areas: Mapping[str, str] | None = None,
-) -> type[T]:
+) -> type[Any]:
     """`servicer` with every RPC of `service` it does not define answering
     UNIMPLEMENTED with "<area> are not implemented yet"."""
     areas = areas or {}

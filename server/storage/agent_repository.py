@@ -10,7 +10,14 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
-from aster.server.agents.models import Agent, AgentFilter, AgentSpec, AgentState, ModelConfig, SecretRef
+from aster.server.agents.models import (
+    Agent,
+    AgentFilter,
+    AgentSpec,
+    AgentState,
+    ModelConfig,
+    SecretRef,
+)
 from aster.server.clock import as_utc
 from aster.server.errors import AlreadyExists, EtagMismatch, NotFound
 from aster.server.pagination import Cursor

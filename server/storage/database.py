@@ -8,7 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, exc
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from aster.server.errors import Unavailable
 
@@ -49,7 +54,7 @@ class Database:
             async with self.engine.connect() as conn:
                 await conn.exec_driver_sql("SELECT 1")
             return True
-        except Exception:  # noqa: BLE001 - any failure means "not healthy"
+        except Exception:
             return False
 
     async def close(self) -> None:

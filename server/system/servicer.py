@@ -23,7 +23,9 @@ class SystemServicer(system_pb2_grpc.SystemServiceServicer):
     def __init__(self, service: SystemService) -> None:
         self._service = service
 
-    async def GetInfo(self, request: system_pb2.GetInfoRequest, context: Context) -> system_pb2.SystemInfo:
+    async def GetInfo(
+        self, request: system_pb2.GetInfoRequest, context: Context
+    ) -> system_pb2.SystemInfo:
         info = self._service.info
         uptime = duration_pb2.Duration()
         uptime.FromNanoseconds(int(self._service.uptime_seconds() * 1e9))
@@ -50,5 +52,9 @@ class SystemServicer(system_pb2_grpc.SystemServiceServicer):
             version=self._service.info.version,
         )
 
-    async def GetStats(self, request: system_pb2.GetStatsRequest, context: Context) -> system_pb2.SystemStats:
-        return system_pb2.SystemStats(resources=await self._service.resource_counts(current_tenant()))
+    async def GetStats(
+        self, request: system_pb2.GetStatsRequest, context: Context
+    ) -> system_pb2.SystemStats:
+        return system_pb2.SystemStats(
+            resources=await self._service.resource_counts(current_tenant())
+        )

@@ -104,7 +104,10 @@ async def test_proposed_id_and_already_exists(agents: agent_pb2_grpc.AgentServic
 @pytest.mark.parametrize(
     ("request_", "field"),
     [
-        (agent_pb2.CreateAgentRequest(agent=agent_pb2.Agent(display_name="")), "agent.display_name"),
+        (
+            agent_pb2.CreateAgentRequest(agent=agent_pb2.Agent(display_name="")),
+            "agent.display_name",
+        ),
         (agent_pb2.CreateAgentRequest(), "agent"),
         (
             agent_pb2.CreateAgentRequest(
@@ -113,7 +116,9 @@ async def test_proposed_id_and_already_exists(agents: agent_pb2_grpc.AgentServic
             "agent.model.provider",
         ),
         (
-            agent_pb2.CreateAgentRequest(agent=agent_pb2.Agent(display_name="x"), agent_id="Bad Id!"),
+            agent_pb2.CreateAgentRequest(
+                agent=agent_pb2.Agent(display_name="x"), agent_id="Bad Id!"
+            ),
             "agent_id",
         ),
     ],
@@ -129,8 +134,12 @@ async def test_create_validation_names_the_field(
     assert field in (err.details() or "")
 
 
-async def test_bad_ids_page_sizes_filters_and_masks(agents: agent_pb2_grpc.AgentServiceStub) -> None:
-    err = await expect_error(agents.GetAgent(agent_pb2.GetAgentRequest(id="../etc")), Code.INVALID_ARGUMENT)
+async def test_bad_ids_page_sizes_filters_and_masks(
+    agents: agent_pb2_grpc.AgentServiceStub,
+) -> None:
+    err = await expect_error(
+        agents.GetAgent(agent_pb2.GetAgentRequest(id="../etc")), Code.INVALID_ARGUMENT
+    )
     assert error_info(err).metadata["field"] == "id"
     err = await expect_error(
         agents.ListAgents(agent_pb2.ListAgentsRequest(page_size=-5)), Code.INVALID_ARGUMENT
@@ -141,7 +150,8 @@ async def test_bad_ids_page_sizes_filters_and_masks(agents: agent_pb2_grpc.Agent
     )
     assert error_info(err).metadata["field"] == "filter"
     err = await expect_error(
-        agents.ListAgents(agent_pb2.ListAgentsRequest(page_token="not-a-token")), Code.INVALID_ARGUMENT
+        agents.ListAgents(agent_pb2.ListAgentsRequest(page_token="not-a-token")),
+        Code.INVALID_ARGUMENT,
     )
     assert error_info(err).metadata["field"] == "page_token"
     created = await create(agents)
@@ -158,7 +168,9 @@ async def test_bad_ids_page_sizes_filters_and_masks(agents: agent_pb2_grpc.Agent
     assert "create_time" in (err.details() or "")
 
 
-async def test_unknown_agent_is_not_found_everywhere(agents: agent_pb2_grpc.AgentServiceStub) -> None:
+async def test_unknown_agent_is_not_found_everywhere(
+    agents: agent_pb2_grpc.AgentServiceStub,
+) -> None:
     missing = unique("missing")
     err = await expect_error(agents.GetAgent(agent_pb2.GetAgentRequest(id=missing)), Code.NOT_FOUND)
     assert error_info(err).metadata["id"] == missing
@@ -181,11 +193,13 @@ async def test_stale_etag_is_aborted(agents: agent_pb2_grpc.AgentServiceStub) ->
     await agents.UpdateAgent(agent_pb2.UpdateAgentRequest(agent=first, update_mask=mask))
     second = agent_pb2.Agent(id=created.id, display_name="second", etag=created.etag)
     err = await expect_error(
-        agents.UpdateAgent(agent_pb2.UpdateAgentRequest(agent=second, update_mask=mask)), Code.ABORTED
+        agents.UpdateAgent(agent_pb2.UpdateAgentRequest(agent=second, update_mask=mask)),
+        Code.ABORTED,
     )
     assert error_info(err).reason == "ETAG_MISMATCH"
     await expect_error(
-        agents.DeleteAgent(agent_pb2.DeleteAgentRequest(id=created.id, etag=created.etag)), Code.ABORTED
+        agents.DeleteAgent(agent_pb2.DeleteAgentRequest(id=created.id, etag=created.etag)),
+        Code.ABORTED,
     )
     current = await agents.GetAgent(agent_pb2.GetAgentRequest(id=created.id))
     assert current.display_name == "first"
@@ -213,12 +227,16 @@ async def test_pagination_across_three_pages(agents: agent_pb2_grpc.AgentService
         agent_pb2.ListAgentsRequest(page_size=3, filter=f"labels.team={team}")
     )
     await expect_error(
-        agents.ListAgents(agent_pb2.ListAgentsRequest(page_size=3, page_token=first.next_page_token)),
+        agents.ListAgents(
+            agent_pb2.ListAgentsRequest(page_size=3, page_token=first.next_page_token)
+        ),
         Code.INVALID_ARGUMENT,
     )
 
 
-async def test_oversized_message_is_resource_exhausted(agents: agent_pb2_grpc.AgentServiceStub) -> None:
+async def test_oversized_message_is_resource_exhausted(
+    agents: agent_pb2_grpc.AgentServiceStub,
+) -> None:
     huge = agent_pb2.Agent(display_name="big", instructions="x" * (5 * 1024 * 1024))
     await expect_error(
         agents.CreateAgent(agent_pb2.CreateAgentRequest(agent=huge)), Code.RESOURCE_EXHAUSTED
@@ -266,7 +284,8 @@ async def test_python_client_helpers(stack: object, channel: grpc.aio.Channel) -
         listed = [a.id async for a in aster.iter_agents(filter=f"labels.team={team}", page_size=2)]
         assert listed == [a.id for a in made]
         renamed = await aster.update_agent(
-            agent_pb2.Agent(id=made[0].id, display_name="renamed", etag=made[0].etag), ["display_name"]
+            agent_pb2.Agent(id=made[0].id, display_name="renamed", etag=made[0].etag),
+            ["display_name"],
         )
         assert renamed.display_name == "renamed"
         await aster.delete_agent(made[0].id, etag=renamed.etag)

@@ -18,7 +18,9 @@ async def create(http: httpx.AsyncClient, **body: object) -> dict[str, object]:
     return response.json()  # type: ignore[no-any-return]
 
 
-def assert_error(response: httpx.Response, status: int, grpc_code: int, text: str = "") -> dict[str, object]:
+def assert_error(
+    response: httpx.Response, status: int, grpc_code: int, text: str = ""
+) -> dict[str, object]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
@@ -32,7 +34,12 @@ async def test_crud_cycle_over_rest(http: httpx.AsyncClient) -> None:
     created = await create(
         http,
         instructions="Be brief.",
-        model={"provider": "anthropic", "model": "claude", "temperature": 0.3, "api_key": {"env": "K"}},
+        model={
+            "provider": "anthropic",
+            "model": "claude",
+            "temperature": 0.3,
+            "api_key": {"env": "K"},
+        },
         labels={"team": "rest"},
         metadata={"k": [1, "two"]},
     )
@@ -56,7 +63,11 @@ async def test_crud_cycle_over_rest(http: httpx.AsyncClient) -> None:
     patched = await http.patch(
         f"/v1/agents/{agent_id}",
         params={"update_mask": "display_name,labels"},
-        json={"display_name": "Renamed", "labels": {"team": "rest", "v": "2"}, "etag": created["etag"]},
+        json={
+            "display_name": "Renamed",
+            "labels": {"team": "rest", "v": "2"},
+            "etag": created["etag"],
+        },
     )
     assert patched.status_code == 200, patched.text
     assert patched.json()["display_name"] == "Renamed"
@@ -64,7 +75,9 @@ async def test_crud_cycle_over_rest(http: httpx.AsyncClient) -> None:
     assert patched.json()["instructions"] == "Be brief."
 
     # httpx form-encodes the space as '+', which the edge decodes as a space.
-    listed = (await http.get("/v1/agents", params={"filter": "labels.v=2 AND labels.team=rest"})).json()
+    listed = (
+        await http.get("/v1/agents", params={"filter": "labels.v=2 AND labels.team=rest"})
+    ).json()
     assert agent_id in [a["id"] for a in listed["agents"]]
 
     deleted = await http.delete(f"/v1/agents/{agent_id}", params={"etag": patched.json()["etag"]})
@@ -92,7 +105,9 @@ async def test_pagination_over_rest(http: httpx.AsyncClient) -> None:
 
 async def test_every_error_code_maps_to_its_http_status(http: httpx.AsyncClient) -> None:
     # INVALID_ARGUMENT -> 400, with ErrorInfo naming the field
-    body = assert_error(await http.post("/v1/agents", json={"display_name": ""}), 400, 3, "display_name")
+    body = assert_error(
+        await http.post("/v1/agents", json={"display_name": ""}), 400, 3, "display_name"
+    )
     detail = body["details"][0]  # type: ignore[index]
     assert detail["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
     assert detail["metadata"]["field"] == "agent.display_name"
@@ -132,7 +147,9 @@ async def test_every_error_code_maps_to_its_http_status(http: httpx.AsyncClient)
 async def test_malformed_json_and_wrong_types_are_400(
     http: httpx.AsyncClient, content: bytes, text: str
 ) -> None:
-    response = await http.post("/v1/agents", content=content, headers={"content-type": "application/json"})
+    response = await http.post(
+        "/v1/agents", content=content, headers={"content-type": "application/json"}
+    )
     assert_error(response, 400, 3, text)
 
 
@@ -152,7 +169,9 @@ async def test_unknown_query_parameters_and_bad_numbers_are_400(http: httpx.Asyn
 
 async def test_oversized_body_is_rejected_not_5xx(http: httpx.AsyncClient) -> None:
     body = b'{"display_name": "x", "instructions": "' + b"a" * (5 * 1024 * 1024) + b'"}'
-    response = await http.post("/v1/agents", content=body, headers={"content-type": "application/json"})
+    response = await http.post(
+        "/v1/agents", content=body, headers={"content-type": "application/json"}
+    )
     assert 400 <= response.status_code < 500, response.status_code
     assert response.json()["code"] in (3, 8)
 

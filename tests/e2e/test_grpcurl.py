@@ -16,7 +16,10 @@ GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 
 def test_list_shows_every_service_and_health(stack: Stack) -> None:
     result = subprocess.run(
-        [GRPCURL, "-plaintext", stack.grpc_target, "list"], capture_output=True, text=True, timeout=30
+        [GRPCURL, "-plaintext", stack.grpc_target, "list"],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stderr
     listed = set(result.stdout.split())

@@ -12,7 +12,9 @@ from aster.server.update_mask import apply_update_mask
 CURRENT = AgentSpec(
     display_name="old", description="keep", model=ModelConfig(provider="openai", model="a")
 )
-PATCH = AgentSpec(display_name="new", description="", model=ModelConfig(provider="scripted", model="b"))
+PATCH = AgentSpec(
+    display_name="new", description="", model=ModelConfig(provider="scripted", model="b")
+)
 
 
 def test_only_masked_fields_change() -> None:

@@ -31,7 +31,15 @@ def test_parses(text: str, expected: AgentFilter) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["labels.v=2+AND+labels.team=rest", "state=SLEEPING", "name=x", "labels.Team=x", "labels.team", "state=ACTIVE OR state=x"]
+    "text",
+    [
+        "labels.v=2+AND+labels.team=rest",
+        "state=SLEEPING",
+        "name=x",
+        "labels.Team=x",
+        "labels.team",
+        "state=ACTIVE OR state=x",
+    ],
 )
 def test_rejects_with_the_field_named(text: str) -> None:
     with pytest.raises(InvalidArgument) as caught:

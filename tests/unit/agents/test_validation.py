@@ -32,7 +32,10 @@ def test_a_minimal_agent_is_valid() -> None:
         (spec(model=ModelConfig(temperature=float("nan"))), "agent.model.temperature"),
         (spec(model=ModelConfig(max_output_tokens=0)), "agent.model.max_output_tokens"),
         (spec(model=ModelConfig(api_key=SecretRef(env="1BAD"))), "agent.model.api_key.env"),
-        (spec(model=ModelConfig(api_key=SecretRef(file="../etc/passwd"))), "agent.model.api_key.file"),
+        (
+            spec(model=ModelConfig(api_key=SecretRef(file="../etc/passwd"))),
+            "agent.model.api_key.file",
+        ),
         (spec(model=ModelConfig(base_url="ftp://x")), "agent.model.base_url"),
         (spec(tools=["Bad Tool"]), "agent.tools[0]"),
         (spec(labels={"Team": "ml"}), "agent.labels"),

@@ -89,7 +89,9 @@ async def test_filter_by_labels_and_state(service: AgentService) -> None:
     ids = lambda page: [a.id for a in page.agents]  # noqa: E731
     assert ids(await service.list("t1", 0, "", "labels.team=ml")) == [ml.id, disabled.id]
     assert ids(await service.list("t1", 0, "", "labels.tier:*")) == [ml.id]
-    assert ids(await service.list("t1", 0, "", "labels.team=ml AND state=DISABLED")) == [disabled.id]
+    assert ids(await service.list("t1", 0, "", "labels.team=ml AND state=DISABLED")) == [
+        disabled.id
+    ]
 
 
 async def test_update_checks_the_etag(service: AgentService) -> None:
@@ -114,7 +116,9 @@ async def test_concurrent_updates_with_one_etag_let_one_win(service: AgentServic
 
     async def rename(name: str) -> str:
         try:
-            await service.update("t1", agent.id, AgentSpec(display_name=name), ["display_name"], agent.etag)
+            await service.update(
+                "t1", agent.id, AgentSpec(display_name=name), ["display_name"], agent.etag
+            )
             return "ok"
         except EtagMismatch:
             return "aborted"
