@@ -66,7 +66,7 @@ class AsterClient:
     async def close(self) -> None:
         """Closes the channel if this client opened it."""
         if self._owns_channel:
-            await self.channel.close()
+            await self.channel.close(None)
 
     async def create_agent(
         self,
@@ -116,12 +116,18 @@ class AsterClient:
         request = agent_pb2.DeleteAgentRequest(id=agent_id, etag=etag)
         await self.agents.DeleteAgent(request, timeout=self.timeout, metadata=self._metadata)
 
-    async def iter_agents(self, *, filter: str = "", page_size: int = 100) -> AsyncIterator[agent_pb2.Agent]:
+    async def iter_agents(
+        self, *, filter: str = "", page_size: int = 100
+    ) -> AsyncIterator[agent_pb2.Agent]:
         """Every agent matching `filter`, following page tokens."""
         token = ""
         while True:
-            request = agent_pb2.ListAgentsRequest(page_size=page_size, page_token=token, filter=filter)
-            page = await self.agents.ListAgents(request, timeout=self.timeout, metadata=self._metadata)
+            request = agent_pb2.ListAgentsRequest(
+                page_size=page_size, page_token=token, filter=filter
+            )
+            page = await self.agents.ListAgents(
+                request, timeout=self.timeout, metadata=self._metadata
+            )
             for agent in page.agents:
                 yield agent
             token = page.next_page_token
