@@ -14,8 +14,9 @@ Port = Annotated[int, Field(ge=0, le=65535)]
 
 
 class LogFormat(StrEnum):
-    """How log lines are written."""
+    """How log lines are written; `auto` is text on a terminal, else JSON."""
 
+    AUTO = "auto"
     JSON = "json"
     TEXT = "text"
 
@@ -36,7 +37,7 @@ class Settings(BaseSettings):
     database_url: str = ""
     redis_url: str = ""
     log_level: str = "info"
-    log_format: LogFormat = LogFormat.JSON
+    log_format: LogFormat = LogFormat.AUTO
     reflection: bool = True
     shutdown_grace_s: float = Field(10.0, ge=0)
     workers: int = Field(1, ge=1, le=64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import grpc
@@ -10,6 +11,7 @@ from google.protobuf import field_mask_pb2, struct_pb2
 
 from aster.client import AsterClient
 from aster.v1 import agent_pb2, agent_pb2_grpc, room_pb2, room_pb2_grpc, system_pb2, system_pb2_grpc
+from tests.conftest import Stack
 from tests.rpc_errors import error_info, expect_error
 
 Code = grpc.StatusCode
@@ -290,3 +292,18 @@ async def test_python_client_helpers(stack: object, channel: grpc.aio.Channel) -
         assert renamed.display_name == "renamed"
         await aster.delete_agent(made[0].id, etag=renamed.etag)
         assert (await aster.info()).version
+
+
+async def test_access_log_lines_are_json(
+    stack: Stack, agents: agent_pb2_grpc.AgentServiceStub
+) -> None:
+    created = await create(agents, "logged")
+    await agents.GetAgent(agent_pb2.GetAgentRequest(id=created.id))
+    events = []
+    for line in stack.server.log_path.read_text().splitlines():
+        if line.startswith("{"):
+            events.append(json.loads(line))
+    rpcs = [e for e in events if e.get("event") == "rpc" and e.get("method") == "GetAgent"]
+    assert rpcs, "no JSON access-log line for GetAgent"
+    assert {"service", "code", "duration_ms", "timestamp", "level"} <= set(rpcs[-1])
+    assert rpcs[-1]["code"] == "OK"
