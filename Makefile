@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.stamp-installed
 BUF := node_modules/.bin/buf
 PYROOT := build/pyroot
 
-.PHONY: up serve edge test test-fast lint gen check-gen buf-deps buf-lint buf-breaking typecheck bench venv clean
+.PHONY: up test lint gen check-gen buf-deps buf-lint buf-breaking typecheck bench venv clean
 
 up: check-gen
 	$(BIN)/aster up

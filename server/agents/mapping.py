@@ -46,8 +46,16 @@ def spec_from_proto(message: agent_pb2.Agent) -> AgentSpec:
 
 
 def set_fields(message: agent_pb2.Agent) -> list[str]:
-    """The caller-settable fields `message` sets: the implied update mask."""
-    return [f.name for f, _ in message.ListFields() if f.name not in OUTPUT_FIELDS]
+    """The implied update mask: every caller-settable field `message` sets,
+    with `model` expanded to the model fields it sets, so a body with only
+    `model.temperature` changes only the temperature."""
+    paths = []
+    for field, _ in message.ListFields():
+        if field.name == "model":
+            paths += [f"model.{sub.name}" for sub, _ in message.model.ListFields()]
+        elif field.name not in OUTPUT_FIELDS:
+            paths.append(field.name)
+    return paths
 
 
 def agent_to_proto(agent: Agent) -> agent_pb2.Agent:

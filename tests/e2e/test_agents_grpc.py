@@ -89,6 +89,23 @@ async def test_update_with_star_replaces_and_empty_mask_uses_set_fields(
         agent_pb2.UpdateAgentRequest(agent=agent_pb2.Agent(id=created.id, description="new"))
     )
     assert (implied.display_name, implied.description) == ("B", "new")
+    configured = await agents.UpdateAgent(
+        agent_pb2.UpdateAgentRequest(
+            agent=agent_pb2.Agent(
+                id=created.id, model=agent_pb2.ModelConfig(provider="openai", model="m")
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=["model"]),
+        )
+    )
+    # An implied mask inside `model` touches only the model fields it sets.
+    tuned = await agents.UpdateAgent(
+        agent_pb2.UpdateAgentRequest(
+            agent=agent_pb2.Agent(id=created.id, model=agent_pb2.ModelConfig(temperature=0.5))
+        )
+    )
+    assert (tuned.model.provider, tuned.model.model) == ("openai", "m")
+    assert tuned.model.temperature == 0.5
+    assert configured.model.HasField("temperature") is False
 
 
 async def test_proposed_id_and_already_exists(agents: agent_pb2_grpc.AgentServiceStub) -> None:
