@@ -17,6 +17,7 @@ from aster.server.agents.service import AgentService
 from aster.server.agents.servicer import PENDING_AREAS, PENDING_DEFAULT_AREA, AgentServicer
 from aster.server.clock import utcnow
 from aster.server.config import Settings
+from aster.server.errors import StartupError
 from aster.server.observability.metrics import MetricsInterceptor
 from aster.server.rpc.catalog import SERVICES, service_names
 from aster.server.rpc.error_interceptor import ErrorInterceptor
@@ -62,8 +63,9 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
-        # Several worker processes bind the same port (ASTER_WORKERS).
-        ("grpc.so_reuseport", 1),
+        # Only worker processes of one server share the port (ASTER_WORKERS);
+        # otherwise a second server on a taken port must fail, not join it.
+        ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -121,9 +123,11 @@ async def run_server(
     if migrate:
         await migrations.upgrade(components.database)
     server, health_servicer = build_server(settings, components)
-    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
-    if port == 0:
-        raise RuntimeError(f"cannot bind {settings.grpc_host}:{settings.grpc_port}")
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as err:
+        raise StartupError(f"cannot listen on {address}: is another server running?") from err
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -73,6 +73,20 @@ def cmd_edge(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover - execv does not return
 
 
+def _wait_edge(port: int, timeout_s: float) -> bool:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return True
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    return False
+
+
 def _wait_healthy(port: int, timeout_s: float) -> bool:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -116,6 +130,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     children.append(
         start_envoy(edge_config(settings), settings.data_dir / "edge", settings.log_level)
     )
+    if not _wait_edge(settings.http_port, 30):
+        stop(signal.SIGTERM, None)
+        for child in children:
+            child.wait()
+        print("aster: the Envoy edge did not start", file=sys.stderr)
+        return 1
     print(
         "\nAster is up:\n"
         f"  gRPC          localhost:{settings.grpc_port}"

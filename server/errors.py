@@ -69,3 +69,8 @@ class NotImplementedYet(AsterError):
 
     code = "UNIMPLEMENTED"
     reason = "NOT_IMPLEMENTED"
+
+
+class StartupError(RuntimeError):
+    """The server cannot start (port taken, database unreachable, unknown
+    schema); the message says why, and `aster serve` prints it and exits 1."""

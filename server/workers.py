@@ -14,6 +14,7 @@ from types import FrameType
 import structlog
 
 from aster.server.config import Settings
+from aster.server.errors import StartupError
 from aster.server.observability.logging import configure_logging
 
 _log = structlog.get_logger("aster.server")
@@ -47,6 +48,15 @@ async def _migrate_only(settings: Settings) -> None:
 def serve(settings: Settings) -> int:
     """Runs `aster serve` until SIGTERM/SIGINT; returns the exit code."""
     configure_logging(settings.log_level, settings.log_format)
+    try:
+        return _serve(settings)
+    except StartupError as err:
+        _log.error("cannot start", reason=str(err))
+        print(f"aster: {err}", file=sys.stderr)
+        return 1
+
+
+def _serve(settings: Settings) -> int:
     if settings.workers == 1:
         from aster.server.app import run_server
         from aster.server.observability.metrics import serve_metrics

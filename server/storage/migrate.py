@@ -8,14 +8,16 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection
+from sqlalchemy import Connection, make_url
+from sqlalchemy.exc import DBAPIError
 
+from aster.server.errors import StartupError
 from aster.server.storage.database import Database
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
-class SchemaMismatch(RuntimeError):
+class SchemaMismatch(StartupError):
     """The database's schema is one this build of Aster does not know."""
 
 
@@ -55,8 +57,12 @@ def _check_known(connection: Connection) -> None:
 
 async def upgrade(db: Database) -> None:
     """Brings the schema to this build's head revision."""
-    async with db.engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+    try:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(_upgrade)
+    except (OSError, DBAPIError) as err:
+        where = make_url(db.url).render_as_string(hide_password=True)
+        raise StartupError(f"cannot reach the database at {where}: {err}") from err
 
 
 async def current_revision(db: Database) -> str | None:

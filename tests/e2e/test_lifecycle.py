@@ -144,8 +144,9 @@ def test_unreachable_database_fails_start_up_clearly(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert result.returncode != 0
-    assert "database" in result.stderr.lower()
+    assert result.returncode == 1
+    assert "cannot reach the database at postgresql+asyncpg://x@127.0.0.1" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_aster_up_runs_both_and_stops_on_sigterm(tmp_path: Path) -> None:
@@ -171,3 +172,21 @@ def test_aster_up_runs_both_and_stops_on_sigterm(tmp_path: Path) -> None:
     for port in (ports.grpc, ports.http):
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+
+
+def test_a_second_server_on_a_taken_port_fails_clearly(tmp_path: Path) -> None:
+    ports = Ports()
+    first = start_server(ports, tmp_path / "a")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "aster.server.cli", "serve"],
+            env=stack_env(ports, tmp_path / "b", ASTER_METRICS_PORT="0"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1
+        assert f"cannot listen on 0.0.0.0:{ports.grpc}" in result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        assert first.stop() == 0
