@@ -51,7 +51,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that reproduces `settings` in a child process."""
     env = dict(os.environ)
     for name, value in settings.model_dump(mode="json").items():
-        env[f"ASTER_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        if value is None:
+            env.pop(f"ASTER_{name.upper()}", None)
+        else:
+            env[f"ASTER_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     return env
 
 

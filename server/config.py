@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(10.0, ge=0)
     workers: int = Field(1, ge=1, le=64)
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # Files named by an agent's `model.api_key.file` live here (default:
+    # <data_dir>/secrets).
+    secrets_dir: Path | None = None
+    # Hosts the builtin `http_request` tool may call (comma-separated); empty
+    # means the tool is off.
+    egress_allow_hosts: str = ""
     # Where `aster edge` sends traffic; defaults to this server's gRPC port.
     upstreams: str = ""
 
@@ -84,6 +90,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'aster.db').resolve()}"
+
+    @property
+    def effective_secrets_dir(self) -> Path:
+        """The secrets directory, defaulting to <data_dir>/secrets."""
+        return self.secrets_dir or self.data_dir / "secrets"
 
     @property
     def storage_backend(self) -> str:

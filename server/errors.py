@@ -74,3 +74,42 @@ class NotImplementedYet(AsterError):
 class StartupError(RuntimeError):
     """The server cannot start (port taken, database unreachable, unknown
     schema); the message says why, and `aster serve` prints it and exits 1."""
+
+
+class Unauthenticated(AsterError):
+    """Missing or bad credentials (the caller's, or a provider's API key)."""
+
+    code = "UNAUTHENTICATED"
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(AsterError):
+    """The credentials are valid but not allowed to do this."""
+
+    code = "PERMISSION_DENIED"
+    reason = "PERMISSION_DENIED"
+
+
+class ResourceExhausted(AsterError):
+    """A limit or quota is reached; `retry_after_s`, if known, says when to retry."""
+
+    code = "RESOURCE_EXHAUSTED"
+    reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        retry_after_s: float | None = None,
+        **metadata: str,
+    ) -> None:
+        super().__init__(message, field=field, **metadata)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(AsterError):
+    """The call or the run took longer than allowed."""
+
+    code = "DEADLINE_EXCEEDED"
+    reason = "DEADLINE_EXCEEDED"
