@@ -559,6 +559,7 @@ def aster_env(ports: dict[str, int], data_dir: Path, workers: int) -> dict[str, 
     """The environment of `aster serve` / `aster edge` for one stack."""
     return child_env(
         ASTER_GRPC_HOST=HOST,
+        ASTER_HTTP_HOST=HOST,
         ASTER_GRPC_PORT=str(ports["grpc"]),
         ASTER_HTTP_PORT=str(ports["http"]),
         ASTER_METRICS_PORT=str(ports["metrics"]),

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     grpc_host: str = "0.0.0.0"
     grpc_port: Port = 50051
     http_port: Port = 8080
+    # The address the Envoy edge listens on.
+    http_host: str = "0.0.0.0"
     metrics_port: Port = 9464
     # The metrics endpoint binds here; the edge serves it at /metrics.
     metrics_host: str = "127.0.0.1"

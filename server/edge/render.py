@@ -84,10 +84,10 @@ class EdgeConfig:
     max_body_bytes: int
 
 
-def edge_config(settings: Settings, listen_host: str = "0.0.0.0") -> EdgeConfig:
+def edge_config(settings: Settings) -> EdgeConfig:
     """The edge configuration implied by the server settings."""
     return EdgeConfig(
-        listen_host=listen_host,
+        listen_host=settings.http_host,
         http_port=settings.http_port,
         admin_port=settings.envoy_admin_port,
         upstreams=settings.upstream_addresses,
