@@ -58,6 +58,7 @@ class MetricsInterceptor(ServerInterceptor):
         self,
         labels: dict[str, str],
         context: grpc.aio.ServicerContext[Any, Any],
+        peer: str,
         started: float,
         failed: BaseException | None,
     ) -> None:
@@ -71,7 +72,7 @@ class MetricsInterceptor(ServerInterceptor):
             method=labels["grpc_method"],
             code=code,
             duration_ms=round(elapsed * 1000, 3),
-            peer=context.peer(),
+            peer=peer,
         )
 
     def _unary(self, behavior: Unary, service: str, method: str) -> Unary:
@@ -79,6 +80,8 @@ class MetricsInterceptor(ServerInterceptor):
 
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             self._metrics["grpc_server_started_counter"].labels(**labels).inc()
+            # Read the peer now: grpcio crashes reading it from a cancelled call.
+            peer = context.peer()
             started = time.perf_counter()
             failed: BaseException | None = None
             try:
@@ -87,7 +90,7 @@ class MetricsInterceptor(ServerInterceptor):
                 failed = err
                 raise
             finally:
-                self._finish(labels, context, started, failed)
+                self._finish(labels, context, peer, started, failed)
 
         return call
 
@@ -99,6 +102,7 @@ class MetricsInterceptor(ServerInterceptor):
         ) -> AsyncIterator[Any]:
             self._metrics["grpc_server_started_counter"].labels(**labels).inc()
             sent = self._metrics["grpc_server_stream_msg_sent"].labels(**labels)
+            peer = context.peer()
             started = time.perf_counter()
             failed: BaseException | None = None
             try:
@@ -109,7 +113,7 @@ class MetricsInterceptor(ServerInterceptor):
                 failed = err
                 raise
             finally:
-                self._finish(labels, context, started, failed)
+                self._finish(labels, context, peer, started, failed)
 
         return call
 
