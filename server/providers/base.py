@@ -3,7 +3,7 @@ conversation as an async iterator of deltas."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -98,6 +98,6 @@ class ModelProvider(Protocol):
 
     name: str
 
-    def stream(self, request: ModelRequest) -> AsyncIterator[Delta]:
+    def stream(self, request: ModelRequest) -> AsyncGenerator[Delta, None]:
         """The reply, delta by delta, ending with a Finish."""
         ...
