@@ -294,7 +294,7 @@ def test_example(example: Example, stack: Stack, tmp_path: Path) -> None:
 # The convention itself ------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["README.md", "docs/agents.md"])
+@pytest.mark.parametrize("name", ["README.md", "docs/agents.md", "docs/tools.md"])
 def test_documents_have_examples(name: str) -> None:
     """A renamed marker must not silently turn the docs' examples off."""
     examples = [e for e in EXAMPLES if e.block.path == REPO_ROOT / name]

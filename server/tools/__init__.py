@@ -1,0 +1,1 @@
+"""The tools area: a registry of tools (builtin and HTTP) and their execution."""
