@@ -555,6 +555,9 @@ class Row:
     notes: list[str] = field(default_factory=list)
 
 
+REDIS_URL = os.environ.get("ASTER_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
 def aster_env(ports: dict[str, int], data_dir: Path, workers: int) -> dict[str, str]:
     """The environment of `aster serve` / `aster edge` for one stack."""
     return child_env(
@@ -568,6 +571,8 @@ def aster_env(ports: dict[str, int], data_dir: Path, workers: int) -> dict[str, 
         ASTER_DATA_DIR=str(data_dir),
         ASTER_LOG_LEVEL="warning",
         ASTER_WORKERS=str(workers),
+        # Several workers share run streams through Redis (required).
+        **({"ASTER_REDIS_URL": REDIS_URL} if workers > 1 else {}),
         ASTER_SHUTDOWN_GRACE_S="2",
     )
 

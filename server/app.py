@@ -15,17 +15,33 @@ from grpc_reflection.v1alpha import reflection
 
 from aster.server.agents.service import AgentService
 from aster.server.agents.servicer import PENDING_AREAS, PENDING_DEFAULT_AREA, AgentServicer
+from aster.server.bus.base import EventBus
+from aster.server.bus.in_process import InProcessBus
+from aster.server.bus.redis_bus import RedisBus
 from aster.server.clock import utcnow
 from aster.server.config import Settings
 from aster.server.errors import StartupError
 from aster.server.observability.metrics import MetricsInterceptor
+from aster.server.providers.registry import ProviderRegistry
 from aster.server.rpc.catalog import SERVICES, service_names
 from aster.server.rpc.error_interceptor import ErrorInterceptor
 from aster.server.rpc.pending import with_pending_methods
+from aster.server.runs.event_log import EventLog
+from aster.server.runs.executor import RunExecutor
+from aster.server.runs.limits import RunLimits
+from aster.server.runs.service import RunService
+from aster.server.sessions.service import SessionService
+from aster.server.sessions.servicer import SessionServicer
 from aster.server.storage.agent_repository import AgentRepository
 from aster.server.storage.database import Database
+from aster.server.storage.run_repository import RunRepository
+from aster.server.storage.session_repository import SessionRepository
+from aster.server.storage.tool_repository import ToolRepository
 from aster.server.system.service import VERSION, ServerInfo, SystemService
 from aster.server.system.servicer import SystemServicer
+from aster.server.tools.http_executor import EnvOrFileSecrets
+from aster.server.tools.service import ToolService
+from aster.server.tools.servicer import ToolServicer
 
 _log = structlog.get_logger("aster.server")
 
@@ -38,24 +54,69 @@ class Components:
     """The services one server process hosts, and what they hold."""
 
     database: Database
+    bus: EventBus
     agents: AgentService
+    sessions: SessionService
+    tools: ToolService
+    providers: ProviderRegistry
+    event_log: EventLog
+    executor: RunExecutor
+    runs: RunService
     system: SystemService
+
+    async def close(self, grace_s: float) -> None:
+        """Stops runs (background ones resume after a restart), then closes
+        connections."""
+        await self.executor.close(grace_s)
+        await self.event_log.close()
+        await self.providers.aclose()
+        await self.bus.close()
+        await self.database.close()
+
+
+def build_bus(settings: Settings) -> EventBus:
+    """Redis pub/sub when ASTER_REDIS_URL is set, else in-process."""
+    return RedisBus(settings.redis_url) if settings.redis_url else InProcessBus()
 
 
 def build_components(settings: Settings) -> Components:
     """Wires storage and services from the settings."""
     database = Database(settings.effective_database_url)
+    bus = build_bus(settings)
     agents = AgentService(AgentRepository(database))
+    session_repository = SessionRepository(database)
+    sessions = SessionService(session_repository, agents)
+    tools = ToolService(
+        ToolRepository(database),
+        egress_allow_hosts=settings.egress_allow_hosts,
+        secrets=EnvOrFileSecrets(settings.effective_secrets_dir),
+    )
+    providers = ProviderRegistry(settings.effective_secrets_dir)
+    run_repository = RunRepository(database)
+    event_log = EventLog(run_repository, bus)
+    limits = RunLimits(
+        max_steps=settings.run_max_steps,
+        max_tokens=settings.run_max_tokens,
+        timeout_s=settings.run_timeout_s,
+        max_input_chars=settings.max_input_chars,
+    )
+    executor = RunExecutor(
+        run_repository, session_repository, agents, event_log, bus, providers, tools, limits
+    )
+    runs = RunService(run_repository, sessions, agents, tools, event_log, executor, limits)
     features = ["reflection"] if settings.reflection else []
     info = ServerInfo(
         version=VERSION,
         start_time=utcnow(),
         storage_backend=database.backend,
-        event_bus="redis" if settings.redis_url else "in_process",
+        event_bus=bus.name,
         features=tuple(features),
         workers=settings.workers,
     )
-    return Components(database, agents, SystemService(info, database, agents))
+    system = SystemService(info, database, agents, sessions)
+    return Components(
+        database, bus, agents, sessions, tools, providers, event_log, executor, runs, system
+    )
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -84,7 +145,9 @@ def build_server(
     implemented: dict[str, object] = {
         "AgentService": with_pending_methods(
             AgentServicer, SERVICES[0].descriptor(), PENDING_DEFAULT_AREA, PENDING_AREAS
-        )(components.agents),
+        )(components.agents, components.runs),
+        "SessionService": SessionServicer(components.sessions),
+        "ToolService": ToolServicer(components.tools),
         "SystemService": SystemServicer(components.system),
     }
     for entry in SERVICES:
@@ -109,6 +172,20 @@ async def set_serving(health_servicer: AsyncHealthServicer) -> None:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
+async def prune_events(runs: RunService, retention_s: float) -> None:
+    """Deletes the events of runs that ended more than `retention_s` ago,
+    now and then."""
+    interval = min(600.0, retention_s / 2)
+    while True:
+        try:
+            removed = await runs.prune_events(retention_s)
+            if removed:
+                _log.info("pruned run events", events=removed)
+        except Exception as err:
+            _log.warning("pruning run events failed", error=str(err))
+        await asyncio.sleep(interval)
+
+
 async def run_server(
     settings: Settings,
     *,
@@ -122,6 +199,10 @@ async def run_server(
     components = build_components(settings)
     if migrate:
         await migrations.upgrade(components.database)
+        failed = await components.runs.recover()
+        if failed:
+            _log.warning("runs interrupted by a restart marked FAILED", runs=failed)
+    await components.executor.start()
     server, health_servicer = build_server(settings, components)
     address = f"{settings.grpc_host}:{settings.grpc_port}"
     try:
@@ -134,6 +215,8 @@ async def run_server(
         loop.add_signal_handler(signum, stop.set)
     await server.start()
     await set_serving(health_servicer)
+    await components.runs.dispatch_queued()
+    pruning = asyncio.create_task(prune_events(components.runs, settings.event_retention_s))
     _log.info(
         "serving",
         grpc_port=port,
@@ -147,6 +230,7 @@ async def run_server(
     finally:
         _log.info("shutting down", grace_s=settings.shutdown_grace_s)
         await health_servicer.enter_graceful_shutdown()
+        pruning.cancel()
         await server.stop(settings.shutdown_grace_s)
-        await components.database.close()
+        await components.close(grace_s=0)
         _log.info("stopped")

@@ -54,7 +54,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         if value is None:
             env.pop(f"ASTER_{name.upper()}", None)
         else:
-            env[f"ASTER_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+            env[f"ASTER_{name.upper()}"] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
     return env
 
 

@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     # Hosts the builtin `http_request` tool may call (comma-separated); empty
     # means the tool is off.
     egress_allow_hosts: str = ""
+    # Limits of every run: model calls per run, tokens (in + out) per run,
+    # wall time per run, characters of one input message.
+    run_max_steps: int = Field(8, ge=1, le=100)
+    run_max_tokens: int = Field(100_000, ge=1)
+    run_timeout_s: float = Field(600.0, gt=0)
+    max_input_chars: int = Field(100_000, ge=1)
+    # How long a finished run's events stay replayable (StreamRun).
+    event_retention_s: float = Field(86_400.0, gt=0)
     # Where `aster edge` sends traffic; defaults to this server's gRPC port.
     upstreams: str = ""
 

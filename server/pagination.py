@@ -7,9 +7,11 @@ import binascii
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from aster.server.errors import InvalidArgument
 
+T = TypeVar("T")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 
@@ -20,6 +22,14 @@ class Cursor:
 
     sort_key: str
     last_id: str
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a List call and the token of the next ("" on the last)."""
+
+    items: list[T]
+    next_page_token: str
 
 
 def page_size(requested: int) -> int:

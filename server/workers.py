@@ -28,8 +28,12 @@ def _worker(settings: Settings) -> None:
 
 
 def _check_multi_worker(settings: Settings) -> None:
-    # Nothing shared lives in process memory yet; once live streams or
-    # in-process events exist, several workers will need ASTER_REDIS_URL.
+    if not settings.redis_url:
+        raise StartupError(
+            f"ASTER_WORKERS={settings.workers} needs ASTER_REDIS_URL: live run streams and "
+            "cancellations must reach every worker process, and the in-process event bus "
+            "cannot do that"
+        )
     if settings.storage_backend == "sqlite":
         _log.info("several workers share one SQLite file (WAL mode); writes are serialised")
 

@@ -18,6 +18,7 @@ from tests.processes import Ports, Process, start_edge, start_server
 POSTGRES_URL = os.environ.get(
     "ASTER_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
+REDIS_URL = os.environ.get("ASTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
@@ -87,6 +88,31 @@ def _postgres_reachable(url: str) -> str | None:
         return None
     except Exception as err:
         return f"{type(err).__name__}: {err}"
+
+
+def _redis_reachable(url: str) -> str | None:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=3)
+        client.ping()
+        client.close()
+        return None
+    except Exception as err:
+        return f"{type(err).__name__}: {err}"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The test Redis URL. Missing Redis fails under CI=true and skips
+    (with the reason) elsewhere."""
+    problem = _redis_reachable(REDIS_URL)
+    if problem:
+        message = f"Redis at {REDIS_URL} is unreachable ({problem})"
+        if IN_CI:
+            pytest.fail(message + "; CI=true requires it")
+        pytest.skip(message)
+    return REDIS_URL
 
 
 @pytest.fixture(scope="session")

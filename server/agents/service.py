@@ -70,7 +70,7 @@ class AgentService:
         where = parse_agent_filter(filter_text)
         query = f"filter={filter_text.strip()}"
         after = decode_token(token, query)
-        agents, more = await self._repository.list(tenant, where, after, limit)
+        agents, more = await self._repository.list_page(tenant, where, after, limit)
         next_token = ""
         if more and agents:
             last = agents[-1]

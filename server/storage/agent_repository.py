@@ -51,7 +51,7 @@ class AgentRepository:
                 raise _not_found(agent_id)
             return _to_agent(row)
 
-    async def list(
+    async def list_page(
         self, tenant: str, where: AgentFilter, after: Cursor | None, limit: int
     ) -> tuple[list[Agent], bool]:
         """Up to `limit` agents after `after`, oldest first, and whether more follow."""

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from aster.server.agents.service import AgentService
 from aster.server.clock import utcnow
+from aster.server.sessions.service import SessionService
 from aster.server.storage.database import Database
 
 VERSION = "0.1.0"
@@ -35,10 +36,13 @@ class HealthReport:
 class SystemService:
     """Info, resource counts and dependency checks."""
 
-    def __init__(self, info: ServerInfo, database: Database, agents: AgentService) -> None:
+    def __init__(
+        self, info: ServerInfo, database: Database, agents: AgentService, sessions: SessionService
+    ) -> None:
         self.info = info
         self._database = database
         self._agents = agents
+        self._sessions = sessions
 
     def uptime_seconds(self) -> float:
         """Seconds since this process started."""
@@ -46,7 +50,10 @@ class SystemService:
 
     async def resource_counts(self, tenant: str) -> dict[str, int]:
         """How many of each resource the tenant has."""
-        return {"agents": await self._agents.count(tenant)}
+        return {
+            "agents": await self._agents.count(tenant),
+            "sessions": await self._sessions.count(tenant),
+        }
 
     async def check_health(self) -> HealthReport:
         """Pings every dependency."""

@@ -265,13 +265,13 @@ async def test_oversized_message_is_resource_exhausted(
 async def test_pending_areas_answer_unimplemented(channel: grpc.aio.Channel) -> None:
     agents = agent_pb2_grpc.AgentServiceStub(channel)
     err = await expect_error(
-        agents.RunAgent(agent_pb2.RunAgentRequest(agent_id="a", message="hi")), Code.UNIMPLEMENTED
+        agents.ResumeAgent(agent_pb2.ResumeAgentRequest(id="a")), Code.UNIMPLEMENTED
     )
-    assert "runs are not implemented yet" in (err.details() or "")
+    assert "pools are not implemented yet" in (err.details() or "")
     rooms = room_pb2_grpc.RoomServiceStub(channel)
     err = await expect_error(rooms.ListRooms(room_pb2.ListRoomsRequest()), Code.UNIMPLEMENTED)
     assert "rooms are not implemented yet" in (err.details() or "")
-    stream = agents.StreamRun(agent_pb2.StreamRunRequest(run_id="r"))
+    stream = rooms.StreamRoom(room_pb2.StreamRoomRequest(room_id="r"))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         async for _ in stream:
             pass

@@ -76,9 +76,22 @@ async def test_graceful_shutdown_reports_not_serving_then_exits_zero(tmp_path: P
     assert '"stopped"' in server.log_path.read_text()
 
 
-async def test_two_workers_share_the_port(tmp_path: Path) -> None:
+def test_several_workers_need_redis(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "aster.server.cli", "serve"],
+        env=stack_env(Ports(), tmp_path, ASTER_WORKERS="2"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "ASTER_WORKERS=2 needs ASTER_REDIS_URL" in result.stderr
+
+
+@pytest.mark.redis
+async def test_two_workers_share_the_port(tmp_path: Path, redis_url: str) -> None:
     ports = Ports()
-    server = start_server(ports, tmp_path, ASTER_WORKERS="2")
+    server = start_server(ports, tmp_path, ASTER_WORKERS="2", ASTER_REDIS_URL=redis_url)
     try:
         ids = []
         for _ in range(20):
@@ -164,7 +177,11 @@ def test_aster_up_runs_both_and_stops_on_sigterm(tmp_path: Path) -> None:
             f"http://127.0.0.1:{ports.http}/v1/agents", json={"display_name": "up"}
         )
         assert created.status_code == 200
-        assert f"localhost:{ports.grpc}" in up.log_path.read_text()
+        # The banner follows once both are up.
+        deadline = time.monotonic() + 10
+        while f"localhost:{ports.grpc}" not in up.log_path.read_text():
+            assert time.monotonic() < deadline, up.log_tail()
+            time.sleep(0.1)
     finally:
         code = up.stop(30)
     assert code == 0, up.log_tail()

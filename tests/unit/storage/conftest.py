@@ -6,19 +6,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import MetaData, text
 
 from aster.server.storage import migrate
 from aster.server.storage.database import Database
 
-ASTER_TABLES = ("agents", "alembic_version")
-
 
 async def _reset_postgres(url: str) -> None:
+    """Drops every table of the test database, Alembic's included."""
     database = Database(url)
     async with database.engine.begin() as conn:
-        for table in ASTER_TABLES:
-            await conn.execute(text(f"DROP TABLE IF EXISTS {table} CASCADE"))
+        metadata = MetaData()
+        await conn.run_sync(metadata.reflect)
+        for table in metadata.tables:
+            await conn.execute(text(f'DROP TABLE IF EXISTS "{table}" CASCADE'))
     await database.close()
 
 

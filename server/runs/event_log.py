@@ -1,0 +1,157 @@
+"""A run's event stream: every event is stored, then published; readers
+replay the store and follow the bus with no gap and no duplicate."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from aster.server.bus.base import EventBus, Lagged
+from aster.server.clock import as_utc
+from aster.server.runs.models import RunEvent
+from aster.server.storage.run_repository import RunRepository
+
+_log = structlog.get_logger("aster.runs")
+REPLAY_BATCH = 500
+# How often a follower re-checks the store while the bus is quiet.
+IDLE_CHECK_S = 2.0
+
+
+def topic(run_id: str) -> str:
+    """The bus topic of a run's events."""
+    return f"run:{run_id}"
+
+
+def _to_message(event: RunEvent) -> dict[str, Any]:
+    return {
+        "run_id": event.run_id,
+        "session_id": event.session_id,
+        "seq": event.seq,
+        "attempt": event.attempt,
+        "kind": event.kind,
+        "data": event.data,
+        "t": event.create_time.isoformat() if event.create_time else None,
+    }
+
+
+def _from_message(message: dict[str, Any]) -> RunEvent:
+    created = message.get("t")
+    return RunEvent(
+        run_id=message["run_id"],
+        session_id=message["session_id"],
+        seq=int(message["seq"]),
+        attempt=int(message["attempt"]),
+        kind=message["kind"],
+        data=message["data"],
+        create_time=as_utc(datetime.fromisoformat(created)) if created else None,
+    )
+
+
+class EventLog:
+    """Appends events through one writer task that batches them into few
+    transactions, and serves replay-then-follow readers."""
+
+    def __init__(self, repository: RunRepository, bus: EventBus) -> None:
+        self._repository = repository
+        self._bus = bus
+        self._queue: asyncio.Queue[tuple[RunEvent, asyncio.Future[None]]] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+
+    def append(self, event: RunEvent) -> asyncio.Future[None]:
+        """Queues `event`; the future resolves once it is stored and published.
+        Events are stored in the order they are appended."""
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write(), name="event-log-writer")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((event, done))
+        return done
+
+    async def _write(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            events = [event for event, _ in batch]
+            try:
+                await self._repository.append_events(events)
+                for event in events:
+                    await self._bus.publish(topic(event.run_id), _to_message(event))
+            except Exception as err:
+                _log.error("storing run events failed", error=str(err), count=len(events))
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(err)
+                for _ in batch:
+                    self._queue.task_done()
+                continue
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+            for _ in batch:
+                self._queue.task_done()
+
+    async def publish(self, event: RunEvent) -> None:
+        """Publishes an event that is already stored (a run's last event,
+        stored together with the run's final state)."""
+        await self._bus.publish(topic(event.run_id), _to_message(event))
+
+    async def close(self) -> None:
+        """Waits for queued events, then stops the writer."""
+        if self._writer is None:
+            return
+        await self._queue.join()
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+
+    async def follow(
+        self, run_id: str, session_id: str, after_seq: int, finished: Any
+    ) -> AsyncIterator[RunEvent]:
+        """Every event with seq > after_seq: stored ones first, then live ones,
+        until the run's last event. `finished` is an async callable telling
+        whether the run has ended (for runs that ended without a last event)."""
+        last = after_seq
+        async with self._bus.subscribe(topic(run_id)) as live:
+            while True:
+                batch = await self._repository.events(run_id, session_id, last, REPLAY_BATCH)
+                for event in batch:
+                    yield event
+                    last = event.seq
+                    if event.terminal:
+                        return
+                if len(batch) < REPLAY_BATCH:
+                    break
+            while True:
+                message = await live.get(wait_s=IDLE_CHECK_S)
+                if message is None or isinstance(message, Lagged):
+                    stored = await self._repository.events(run_id, session_id, last, REPLAY_BATCH)
+                    for event in stored:
+                        yield event
+                        last = event.seq
+                        if event.terminal:
+                            return
+                    if not stored and message is None and await finished():
+                        return
+                    continue
+                event = _from_message(message)
+                if event.seq <= last:
+                    continue
+                if event.seq > last + 1:
+                    # Published before this reader subscribed, or dropped:
+                    # take the missing ones from the store.
+                    for missing in await self._repository.events(
+                        run_id, session_id, last, event.seq - last - 1
+                    ):
+                        yield missing
+                        last = missing.seq
+                    if event.seq != last + 1:
+                        continue
+                yield event
+                last = event.seq
+                if event.terminal:
+                    return

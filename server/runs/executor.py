@@ -1,0 +1,463 @@
+"""Executes runs: the model/tool loop, streaming each step as events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import structlog
+
+from aster.server.agents.models import Agent, AgentState
+from aster.server.agents.service import AgentService
+from aster.server.bus.base import EventBus
+from aster.server.clock import utcnow
+from aster.server.errors import AsterError, FailedPrecondition, InvalidArgument, ResourceExhausted
+from aster.server.ids import new_id
+from aster.server.providers.base import (
+    ChatMessage,
+    Delta,
+    Finish,
+    ModelRequest,
+    Role,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallRequest,
+    ToolSpec,
+    UsageDelta,
+)
+from aster.server.runs.dependencies import ProviderSource, ToolRunner
+from aster.server.runs.event_log import EventLog
+from aster.server.runs.limits import RunLimits
+from aster.server.runs.models import Run, RunEvent, RunStatus
+from aster.server.sessions.models import Checkpoint, Message, ToolCallRecord
+from aster.server.storage.run_repository import RunRepository
+from aster.server.storage.session_repository import SessionRepository
+
+_log = structlog.get_logger("aster.runs")
+CONTROL_TOPIC = "control"
+
+
+@dataclass
+class _Emitter:
+    """Numbers a run's events 1, 2, 3 ... and appends them to the log."""
+
+    run: Run
+    log: EventLog
+    seq: int = 0
+    pending: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def next_event(self, kind: str, **data: Any) -> RunEvent:
+        """The run's next event, numbered but not yet appended."""
+        self.seq += 1
+        return RunEvent(
+            run_id=self.run.id,
+            session_id=self.run.session_id,
+            seq=self.seq,
+            attempt=self.run.attempt,
+            kind=kind,
+            data=data,
+            create_time=utcnow(),
+        )
+
+    def emit(self, kind: str, **data: Any) -> asyncio.Future[None]:
+        done = self.log.append(self.next_event(kind, **data))
+        self.pending.append(done)
+        if len(self.pending) > 256:
+            self.pending = [f for f in self.pending if not f.done()]
+        return done
+
+    async def flush(self) -> None:
+        """Waits until every emitted event is stored."""
+        pending, self.pending = self.pending, []
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+@dataclass
+class _Outcome:
+    status: RunStatus = RunStatus.COMPLETED
+    error_code: str = ""
+    error: str = ""
+    result: Message | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    first_token_ms: float | None = None
+
+
+class RunExecutor:
+    """Runs in this process, as tasks; cancels them on request from any replica."""
+
+    def __init__(
+        self,
+        runs: RunRepository,
+        sessions: SessionRepository,
+        agents: AgentService,
+        log: EventLog,
+        bus: EventBus,
+        providers: ProviderSource,
+        tools: ToolRunner,
+        limits: RunLimits,
+    ) -> None:
+        self._runs = runs
+        self._sessions = sessions
+        self._agents = agents
+        self._log = log
+        self._bus = bus
+        self._providers = providers
+        self._tools = tools
+        self._limits = limits
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._cancelled: set[str] = set()
+        self._shutting_down = False
+        self._control: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+
+    async def start(self) -> None:
+        """Starts listening for cancellations from other replicas."""
+        self._control = asyncio.create_task(self._listen(), name="run-control")
+        await asyncio.wait_for(self._listening.wait(), 10)
+
+    async def _listen(self) -> None:
+        async with self._bus.subscribe(CONTROL_TOPIC) as control:
+            self._listening.set()
+            while True:
+                message = await control.get()
+                if isinstance(message, dict) and "cancel" in message:
+                    self.cancel_local(str(message["cancel"]))
+
+    def dispatch(self, run: Run) -> None:
+        """Executes `run` in the background (after its predecessor, if any)."""
+        task = asyncio.create_task(self._execute(run), name=f"run-{run.id}")
+        self._tasks[run.id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(run.id, None))
+
+    def cancel_local(self, run_id: str) -> bool:
+        """Cancels the run if this process executes it (once: a second
+        cancel must not interrupt the run's finishing steps)."""
+        task = self._tasks.get(run_id)
+        if task is None or task.done() or run_id in self._cancelled:
+            return False
+        self._cancelled.add(run_id)
+        task.add_done_callback(lambda _: self._cancelled.discard(run_id))
+        task.cancel()
+        return True
+
+    async def cancel_everywhere(self, run_id: str) -> None:
+        """Cancels the run on whichever replica executes or waits for it."""
+        self.cancel_local(run_id)
+        await self._bus.publish(CONTROL_TOPIC, {"cancel": run_id})
+
+    async def close(self, grace_s: float) -> None:
+        """Lets running runs finish for `grace_s`, then cancels them:
+        foreground runs end CANCELLED, background runs stay RUNNING so that
+        the next start queues them again."""
+        self._shutting_down = True
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=grace_s)
+        for task in list(self._tasks.values()):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=5)
+        if self._control is not None:
+            self._control.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._control
+
+    async def _wait_for(self, predecessor_id: str, session_id: str) -> None:
+        predecessor = await self._runs.get_any(predecessor_id)
+        if predecessor is None or predecessor.status.terminal:
+            return
+
+        async def finished() -> bool:
+            current = await self._runs.get_any(predecessor_id)
+            return current is None or current.status.terminal
+
+        async for event in self._log.follow(predecessor_id, session_id, 0, finished):
+            if event.terminal:
+                return
+
+    async def _execute(self, run: Run) -> None:
+        emitter = _Emitter(run, self._log, seq=run.last_seq)
+        try:
+            if run.after_run_id:
+                await self._wait_for(run.after_run_id, run.session_id)
+        except asyncio.CancelledError:
+            # Cancelled while queued: only a run nobody started ends here.
+            if await self._runs.cancel_queued(run.id, utcnow()):
+                last = emitter.next_event(
+                    "run_finished", status=RunStatus.CANCELLED.value, result=None
+                )
+                await self._runs.append_events([last])
+                await self._log.publish(last)
+            return
+        if not await self._runs.start(run.id, utcnow()):
+            return  # cancelled while queued, or started by another worker
+        await self._run_started(run, emitter)
+
+    async def _run_started(self, run: Run, emitter: _Emitter) -> None:
+        outcome = _Outcome()
+        started = time.monotonic()
+        try:
+            if run.attempt > 1:
+                emitter.emit("run_retry", attempt=run.attempt)
+            emitter.emit("run_started", agent_id=run.agent_id)
+            async with asyncio.timeout(self._limits.timeout_s):
+                await self._loop(run, emitter, outcome, started)
+        except asyncio.CancelledError:
+            if self._shutting_down and run.background:
+                await emitter.flush()
+                return  # left RUNNING: the next start queues it again
+            outcome.status, outcome.error_code = RunStatus.CANCELLED, "CANCELLED"
+            outcome.error = (
+                "the server shut down" if self._shutting_down else "the run was cancelled"
+            )
+        except TimeoutError:
+            outcome.status, outcome.error_code = RunStatus.FAILED, "DEADLINE_EXCEEDED"
+            outcome.error = f"the run took longer than {self._limits.timeout_s:g} s"
+        except AsterError as err:
+            outcome.status, outcome.error_code, outcome.error = (
+                RunStatus.FAILED,
+                err.code,
+                err.message,
+            )
+        except Exception as err:
+            _log.error("run failed", run_id=run.id, exc_info=err)
+            outcome.status, outcome.error_code = RunStatus.FAILED, "INTERNAL"
+            outcome.error = "internal error; the server log has the details"
+        await asyncio.shield(self._finish(run, emitter, outcome))
+
+    async def _loop(self, run: Run, emitter: _Emitter, outcome: _Outcome, started: float) -> None:
+        agent = await self._agents.get(run.tenant, run.agent_id)
+        if agent.spec.state is AgentState.DISABLED:
+            raise FailedPrecondition(f"agent {agent.id!r} is disabled", field="agent_id")
+        user = await self._sessions.append_message(
+            run.tenant,
+            Message(
+                id=new_id("msg"),
+                session_id=run.session_id,
+                role="user",
+                content=run.input_text,
+                create_time=utcnow(),
+                run_id=run.id,
+            ),
+        )
+        await self._runs.update(run.id, input_message_id=user.id)
+        tools: Sequence[ToolSpec] = ()
+        tool_ids: dict[str, str] = {}
+        if agent.spec.tools:
+            tools, tool_ids = await self._tools.callable_tools(run.tenant, agent.spec.tools)
+        provider = self._providers.provider(agent.spec.model)
+        for _step in range(self._limits.max_steps):
+            history = await self._history(run, agent)
+            request = ModelRequest(config=agent.spec.model, messages=history, tools=tuple(tools))
+            async with contextlib.aclosing(provider.stream(request)) as stream:
+                text, calls = await self._model_call(stream, emitter, outcome, started)
+            emitter.emit(
+                "usage", input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens
+            )
+            if outcome.input_tokens + outcome.output_tokens > self._limits.max_tokens:
+                raise ResourceExhausted(
+                    f"the run used more than {self._limits.max_tokens} tokens "
+                    "(ASTER_RUN_MAX_TOKENS)"
+                )
+            message = await self._sessions.append_message(
+                run.tenant,
+                Message(
+                    id=text[0] or new_id("msg"),
+                    session_id=run.session_id,
+                    role="assistant",
+                    content=text[1],
+                    create_time=utcnow(),
+                    tool_calls=[
+                        ToolCallRecord(c.id, c.name, _parse_arguments(c.arguments)) for c in calls
+                    ],
+                    run_id=run.id,
+                ),
+            )
+            if not calls:
+                outcome.result = message
+                return
+            for call in calls:
+                await self._call_tool(run, call, tool_ids, emitter)
+        raise ResourceExhausted(
+            f"stopped after {self._limits.max_steps} model calls without a final answer (max_steps)"
+        )
+
+    async def _history(self, run: Run, agent: Agent) -> tuple[ChatMessage, ...]:
+        messages = await self._sessions.messages(run.tenant, run.session_id)
+        history: list[ChatMessage] = []
+        if agent.spec.instructions:
+            history.append(ChatMessage(role="system", content=agent.spec.instructions))
+        for m in messages:
+            history.append(
+                ChatMessage(
+                    role=cast(Role, m.role),
+                    content=m.content,
+                    tool_calls=tuple(
+                        ToolCallRequest(c.id, c.tool_id, json.dumps(c.arguments))
+                        for c in m.tool_calls
+                    ),
+                    tool_call_id=m.tool_call_id,
+                )
+            )
+        return tuple(history)
+
+    async def _model_call(
+        self,
+        stream: AsyncGenerator[Delta, None],
+        emitter: _Emitter,
+        outcome: _Outcome,
+        started: float,
+    ) -> tuple[tuple[str, str], list[ToolCallRequest]]:
+        """Streams one model reply as events; returns (message id, text) and
+        the complete tool calls."""
+        message_id = ""
+        parts: list[str] = []
+        calls: dict[int, dict[str, str]] = {}
+        call_input = call_output = 0
+        try:
+            async for delta in stream:
+                if isinstance(delta, TextDelta):
+                    if not delta.text:
+                        continue
+                    if not message_id:
+                        message_id = new_id("msg")
+                        emitter.emit("text_message_start", message_id=message_id)
+                    if outcome.first_token_ms is None:
+                        outcome.first_token_ms = (time.monotonic() - started) * 1000
+                    parts.append(delta.text)
+                    emitter.emit("text_delta", message_id=message_id, delta=delta.text)
+                elif isinstance(delta, ToolCallDelta):
+                    call = calls.get(delta.index)
+                    if call is None:
+                        call = {"id": delta.id or new_id("call"), "name": delta.name, "args": ""}
+                        calls[delta.index] = call
+                        emitter.emit(
+                            "tool_call_start", tool_call_id=call["id"], tool_id=call["name"]
+                        )
+                    if delta.arguments:
+                        call["args"] += delta.arguments
+                        emitter.emit(
+                            "tool_call_args_delta", tool_call_id=call["id"], delta=delta.arguments
+                        )
+                elif isinstance(delta, UsageDelta):
+                    call_input, call_output = delta.input_tokens, delta.output_tokens
+                elif isinstance(delta, Finish):
+                    break
+        finally:
+            outcome.input_tokens += call_input
+            outcome.output_tokens += call_output
+        if message_id:
+            emitter.emit("text_message_end", message_id=message_id)
+        requests = [
+            ToolCallRequest(c["id"], c["name"], c["args"]) for _, c in sorted(calls.items())
+        ]
+        for request in requests:
+            emitter.emit("tool_call_end", tool_call_id=request.id)
+        return (message_id, "".join(parts)), requests
+
+    async def _call_tool(
+        self, run: Run, call: ToolCallRequest, tool_ids: dict[str, str], emitter: _Emitter
+    ) -> None:
+        output: Any = None
+        error = ""
+        try:
+            arguments = json.loads(call.arguments or "{}")
+            if not isinstance(arguments, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as err:
+            error = f"the arguments are not a JSON object: {err}"
+        else:
+            try:
+                if call.name not in tool_ids:
+                    raise InvalidArgument(f"the model called {call.name!r}, which the agent lacks")
+                result = await self._tools.execute(
+                    run.tenant,
+                    tool_ids[call.name],
+                    arguments,
+                    f"{run.id}:{call.id}:{run.attempt}",
+                )
+                output, error = result.output, result.error
+            except AsterError as err:
+                error = err.message
+        emitter.emit("tool_result", tool_call_id=call.id, output=output, error=error)
+        content = json.dumps({"error": error} if error else output)
+        await self._sessions.append_message(
+            run.tenant,
+            Message(
+                id=new_id("msg"),
+                session_id=run.session_id,
+                role="tool",
+                content=content,
+                create_time=utcnow(),
+                tool_call_id=call.id,
+                run_id=run.id,
+            ),
+        )
+
+    async def _finish(self, run: Run, emitter: _Emitter, outcome: _Outcome) -> None:
+        if outcome.error:
+            emitter.emit("error", code=outcome.error_code, message=outcome.error)
+        result = outcome.result
+        await emitter.flush()
+        last = emitter.next_event(
+            "run_finished",
+            status=outcome.status.value,
+            result=_message_data(result) if result else None,
+        )
+        now = utcnow()
+        await self._runs.finish(
+            run.id,
+            last,
+            status=outcome.status.value,
+            end_time=now,
+            error=outcome.error,
+            input_tokens=outcome.input_tokens,
+            output_tokens=outcome.output_tokens,
+            first_token_ms=outcome.first_token_ms,
+            result_message_id=result.id if result else "",
+            result_text=result.content if result else "",
+        )
+        await self._log.publish(last)
+        if outcome.status is RunStatus.COMPLETED and result is not None:
+            await self._checkpoint(run, result)
+        _log.info("run finished", run_id=run.id, status=outcome.status.value, events=emitter.seq)
+
+    async def _checkpoint(self, run: Run, last: Message) -> None:
+        turn, count = await self._sessions.next_turn(run.tenant, run.session_id)
+        await self._sessions.add_checkpoint(
+            run.tenant,
+            Checkpoint(
+                id=new_id("ckp"),
+                session_id=run.session_id,
+                run_id=run.id,
+                turn=turn,
+                message_count=count,
+                last_position=last.position,
+                last_message_id=last.id,
+                state={},
+                create_time=utcnow(),
+            ),
+        )
+
+
+def _parse_arguments(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {"_raw": text}
+    return value if isinstance(value, dict) else {"_raw": value}
+
+
+def _message_data(message: Message) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "role": message.role,
+        "content": message.content,
+        "run_id": message.run_id,
+        "create_time": message.create_time.isoformat(),
+    }

@@ -1,0 +1,360 @@
+"""The only code that reads and writes runs and run events in SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, update
+
+from aster.server.clock import as_utc
+from aster.server.errors import NotFound
+from aster.server.pagination import Cursor
+from aster.server.runs.models import (
+    ACTIVE_STATUSES,
+    OnDisconnect,
+    Run,
+    RunEvent,
+    RunStatus,
+)
+from aster.server.storage.database import Database
+from aster.server.storage.run_tables import RunEventRow, RunRow, SessionRow
+
+_ACTIVE = [s.value for s in ACTIVE_STATUSES]
+
+
+class RunRepository:
+    """Runs and their event logs, scoped by tenant."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def admit(
+        self,
+        tenant: str,
+        run: Run,
+        decide: Callable[[list[Run]], str],
+    ) -> tuple[Run, list[Run]]:
+        """Stores `run` in its session unless `decide` refuses (by raising).
+
+        The session row is written first, which locks it, so admissions of
+        one session are serialised. `decide` sees the session's active runs,
+        oldest first, and returns the id of the run the new one waits for
+        (or ""). Returns the stored run and the active runs `decide` saw."""
+        async with self._db.session() as db:
+            bumped = await db.execute(
+                update(SessionRow)
+                .where(SessionRow.tenant == tenant, SessionRow.id == run.session_id)
+                .values(admissions=SessionRow.admissions + 1)
+            )
+            if bumped.rowcount == 0:  # type: ignore[attr-defined]
+                raise NotFound(
+                    f"session {run.session_id!r} not found",
+                    field="session_id",
+                    resource="session",
+                    id=run.session_id,
+                )
+            rows = (
+                await db.scalars(
+                    select(RunRow)
+                    .where(
+                        RunRow.tenant == tenant,
+                        RunRow.session_id == run.session_id,
+                        RunRow.status.in_(_ACTIVE),
+                    )
+                    .order_by(RunRow.create_time, RunRow.id)
+                )
+            ).all()
+            active = [_to_run(r) for r in rows]
+            run.after_run_id = decide(active)
+            db.add(_to_row(run))
+        return run, active
+
+    async def get(self, tenant: str, run_id: str) -> Run:
+        """The run, or NOT_FOUND."""
+        async with self._db.session() as db:
+            row = await db.get(RunRow, run_id)
+        if row is None or row.tenant != tenant:
+            raise NotFound(f"run {run_id!r} not found", resource="run", id=run_id)
+        return _to_run(row)
+
+    async def get_any(self, run_id: str) -> Run | None:
+        """The run whatever its tenant (for the executor), or None."""
+        async with self._db.session() as db:
+            row = await db.get(RunRow, run_id)
+        return None if row is None else _to_run(row)
+
+    async def list_page(
+        self,
+        tenant: str,
+        agent_id: str,
+        session_id: str,
+        after: Cursor | None,
+        limit: int,
+    ) -> tuple[list[Run], bool]:
+        """Runs of an agent and/or a session, newest first."""
+        query = select(RunRow).where(RunRow.tenant == tenant)
+        if agent_id:
+            query = query.where(RunRow.agent_id == agent_id)
+        if session_id:
+            query = query.where(RunRow.session_id == session_id)
+        if after is not None:
+            created = datetime.fromisoformat(after.sort_key)
+            query = query.where(
+                or_(
+                    RunRow.create_time < created,
+                    and_(RunRow.create_time == created, RunRow.id < after.last_id),
+                )
+            )
+        query = query.order_by(RunRow.create_time.desc(), RunRow.id.desc()).limit(limit + 1)
+        async with self._db.session() as db:
+            rows = (await db.scalars(query)).all()
+        return [_to_run(r) for r in rows[:limit]], len(rows) > limit
+
+    async def update(self, run_id: str, **values: Any) -> None:
+        """Sets columns of one run."""
+        async with self._db.session() as db:
+            await db.execute(update(RunRow).where(RunRow.id == run_id).values(**values))
+
+    async def start(self, run_id: str, start_time: datetime) -> bool:
+        """QUEUED → RUNNING; False if the run is no longer QUEUED (cancelled)."""
+        async with self._db.session() as db:
+            result = await db.execute(
+                update(RunRow)
+                .where(RunRow.id == run_id, RunRow.status == RunStatus.QUEUED.value)
+                .values(status=RunStatus.RUNNING.value, start_time=start_time)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def cancel_queued(self, run_id: str, end_time: datetime) -> bool:
+        """QUEUED → CANCELLED; False if the run already started or ended."""
+        async with self._db.session() as db:
+            result = await db.execute(
+                update(RunRow)
+                .where(RunRow.id == run_id, RunRow.status == RunStatus.QUEUED.value)
+                .values(
+                    status=RunStatus.CANCELLED.value,
+                    end_time=end_time,
+                    error="the run was cancelled",
+                )
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def active_in_session(self, tenant: str, session_id: str) -> list[Run]:
+        """The session's QUEUED and RUNNING runs, oldest first."""
+        async with self._db.session() as db:
+            rows = (
+                await db.scalars(
+                    select(RunRow)
+                    .where(
+                        RunRow.tenant == tenant,
+                        RunRow.session_id == session_id,
+                        RunRow.status.in_(_ACTIVE),
+                    )
+                    .order_by(RunRow.create_time, RunRow.id)
+                )
+            ).all()
+        return [_to_run(r) for r in rows]
+
+    async def finish(self, run_id: str, last_event: RunEvent, **values: Any) -> None:
+        """Stores a run's final state and its last event in one transaction,
+        so whoever sees the run ended can also read its last event."""
+        async with self._db.session() as db:
+            db.add(
+                RunEventRow(
+                    run_id=last_event.run_id,
+                    seq=last_event.seq,
+                    attempt=last_event.attempt,
+                    kind=last_event.kind,
+                    data=last_event.data,
+                    create_time=last_event.create_time,
+                )
+            )
+            await db.execute(
+                update(RunRow).where(RunRow.id == run_id).values(**values, last_seq=last_event.seq)
+            )
+
+    async def append_events(self, events: Sequence[RunEvent]) -> None:
+        """Stores events (of any runs) in one transaction and advances each
+        run's `last_seq`."""
+        if not events:
+            return
+        last: dict[str, int] = {}
+        async with self._db.session() as db:
+            db.add_all(
+                RunEventRow(
+                    run_id=e.run_id,
+                    seq=e.seq,
+                    attempt=e.attempt,
+                    kind=e.kind,
+                    data=e.data,
+                    create_time=e.create_time,
+                )
+                for e in events
+            )
+            for event in events:
+                last[event.run_id] = max(last.get(event.run_id, 0), event.seq)
+            for run_id, seq in last.items():
+                await db.execute(update(RunRow).where(RunRow.id == run_id).values(last_seq=seq))
+
+    async def events(
+        self, run_id: str, session_id: str, after_seq: int, limit: int
+    ) -> list[RunEvent]:
+        """Up to `limit` stored events of the run with seq > after_seq."""
+        query = (
+            select(RunEventRow)
+            .where(RunEventRow.run_id == run_id, RunEventRow.seq > after_seq)
+            .order_by(RunEventRow.seq)
+            .limit(limit)
+        )
+        async with self._db.session() as db:
+            rows = (await db.scalars(query)).all()
+        return [
+            RunEvent(
+                run_id=r.run_id,
+                session_id=session_id,
+                seq=r.seq,
+                attempt=r.attempt,
+                kind=r.kind,
+                data=dict(r.data),
+                create_time=as_utc(r.create_time),
+            )
+            for r in rows
+        ]
+
+    async def agent_activity(self, tenant: str, agent_id: str) -> tuple[int, datetime | None]:
+        """How many runs of the agent are active, and its last activity."""
+        async with self._db.session() as db:
+            active = await db.scalar(
+                select(func.count()).where(
+                    RunRow.tenant == tenant,
+                    RunRow.agent_id == agent_id,
+                    RunRow.status.in_(_ACTIVE),
+                )
+            )
+            times = (
+                await db.execute(
+                    select(func.max(RunRow.create_time), func.max(RunRow.end_time)).where(
+                        RunRow.tenant == tenant, RunRow.agent_id == agent_id
+                    )
+                )
+            ).one()
+        known = [as_utc(t) for t in times if t is not None]
+        return int(active or 0), (max(known) if known else None)
+
+    async def agent_stats(
+        self, tenant: str, agent_id: str
+    ) -> tuple[dict[str, int], int, int, float]:
+        """Runs by status, tokens in and out, and mean time to first token."""
+        async with self._db.session() as db:
+            by_status = (
+                await db.execute(
+                    select(RunRow.status, func.count())
+                    .where(RunRow.tenant == tenant, RunRow.agent_id == agent_id)
+                    .group_by(RunRow.status)
+                )
+            ).all()
+            totals = (
+                await db.execute(
+                    select(
+                        func.coalesce(func.sum(RunRow.input_tokens), 0),
+                        func.coalesce(func.sum(RunRow.output_tokens), 0),
+                        func.avg(RunRow.first_token_ms),
+                    ).where(RunRow.tenant == tenant, RunRow.agent_id == agent_id)
+                )
+            ).one()
+        return (
+            {str(status): int(count) for status, count in by_status},
+            int(totals[0]),
+            int(totals[1]),
+            float(totals[2] or 0.0),
+        )
+
+    async def recover(self, now: datetime) -> int:
+        """After a crash: RUNNING foreground runs become FAILED ("server
+        restarted"), RUNNING background runs QUEUED again as a new attempt.
+        Returns how many failed."""
+        async with self._db.session() as db:
+            failed = await db.execute(
+                update(RunRow)
+                .where(RunRow.status == RunStatus.RUNNING.value, RunRow.background.is_(False))
+                .values(status=RunStatus.FAILED.value, error="server restarted", end_time=now)
+            )
+            await db.execute(
+                update(RunRow)
+                .where(RunRow.status == RunStatus.RUNNING.value, RunRow.background.is_(True))
+                .values(status=RunStatus.QUEUED.value, attempt=RunRow.attempt + 1)
+            )
+        return int(failed.rowcount)  # type: ignore[attr-defined]
+
+    async def queued(self) -> list[Run]:
+        """Every QUEUED run, oldest first."""
+        async with self._db.session() as db:
+            rows = (
+                await db.scalars(
+                    select(RunRow)
+                    .where(RunRow.status == RunStatus.QUEUED.value)
+                    .order_by(RunRow.create_time, RunRow.id)
+                )
+            ).all()
+        return [_to_run(r) for r in rows]
+
+    async def prune_events(self, ended_before: datetime) -> int:
+        """Deletes the events of runs that ended before `ended_before`."""
+        finished = select(RunRow.id).where(RunRow.end_time < ended_before)
+        async with self._db.session() as db:
+            result = await db.execute(delete(RunEventRow).where(RunEventRow.run_id.in_(finished)))
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _to_row(run: Run) -> RunRow:
+    return RunRow(
+        id=run.id,
+        tenant=run.tenant,
+        agent_id=run.agent_id,
+        session_id=run.session_id,
+        status=run.status.value,
+        attempt=run.attempt,
+        input_text=run.input_text,
+        input_message_id=run.input_message_id,
+        result_message_id=run.result_message_id,
+        result_text=run.result_text,
+        input_tokens=run.input_tokens,
+        output_tokens=run.output_tokens,
+        error=run.error,
+        background=run.background,
+        on_disconnect=run.on_disconnect.value,
+        after_run_id=run.after_run_id,
+        first_token_ms=run.first_token_ms,
+        last_seq=run.last_seq,
+        create_time=run.create_time,
+        start_time=run.start_time,
+        end_time=run.end_time,
+    )
+
+
+def _to_run(row: RunRow) -> Run:
+    return Run(
+        id=row.id,
+        tenant=row.tenant,
+        agent_id=row.agent_id,
+        session_id=row.session_id,
+        status=RunStatus(row.status),
+        input_text=row.input_text,
+        create_time=as_utc(row.create_time),
+        attempt=row.attempt,
+        background=row.background,
+        on_disconnect=OnDisconnect(row.on_disconnect),
+        after_run_id=row.after_run_id,
+        input_message_id=row.input_message_id,
+        result_message_id=row.result_message_id,
+        result_text=row.result_text,
+        input_tokens=row.input_tokens,
+        output_tokens=row.output_tokens,
+        error=row.error,
+        first_token_ms=row.first_token_ms,
+        last_seq=row.last_seq,
+        start_time=as_utc(row.start_time) if row.start_time else None,
+        end_time=as_utc(row.end_time) if row.end_time else None,
+    )
