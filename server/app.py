@@ -15,15 +15,26 @@ from grpc_reflection.v1alpha import reflection
 
 from aster.server.agents.service import AgentService
 from aster.server.agents.servicer import PENDING_AREAS, PENDING_DEFAULT_AREA, AgentServicer
+from aster.server.auth.api_key_service import ApiKeyService
+from aster.server.auth.authenticator import Authenticator
+from aster.server.auth.interceptor import AuthInterceptor
+from aster.server.auth.jwt_verifier import JwtSettings, JwtVerifier
+from aster.server.auth.rules import Rule, known_scopes, rules_for
+from aster.server.auth.servicer import AuthServicer
 from aster.server.bus.base import EventBus
 from aster.server.bus.in_process import InProcessBus
 from aster.server.bus.redis_bus import RedisBus
 from aster.server.clock import utcnow
 from aster.server.config import Settings
 from aster.server.errors import StartupError
+from aster.server.limits import build_rate_limiter
+from aster.server.limits.base import RateLimiter
+from aster.server.limits.interceptor import RateLimitInterceptor
+from aster.server.limits.quotas import Quotas
 from aster.server.observability.metrics import MetricsInterceptor
 from aster.server.providers.registry import ProviderRegistry
 from aster.server.rpc.catalog import SERVICES, service_names
+from aster.server.rpc.deadline import UnaryDeadlineInterceptor
 from aster.server.rpc.error_interceptor import ErrorInterceptor
 from aster.server.rpc.pending import with_pending_methods
 from aster.server.runs.event_log import EventLog
@@ -33,6 +44,7 @@ from aster.server.runs.service import RunService
 from aster.server.sessions.service import SessionService
 from aster.server.sessions.servicer import SessionServicer
 from aster.server.storage.agent_repository import AgentRepository
+from aster.server.storage.api_key_repository import ApiKeyRepository
 from aster.server.storage.database import Database
 from aster.server.storage.run_repository import RunRepository
 from aster.server.storage.session_repository import SessionRepository
@@ -63,6 +75,10 @@ class Components:
     executor: RunExecutor
     runs: RunService
     system: SystemService
+    api_keys: ApiKeyService
+    authenticator: Authenticator
+    rules: dict[str, Rule]
+    limiter: RateLimiter
 
     async def close(self, grace_s: float) -> None:
         """Stops runs (background ones resume after a restart), then closes
@@ -71,6 +87,7 @@ class Components:
         await self.event_log.close()
         await self.providers.aclose()
         await self.bus.close()
+        await self.limiter.close()
         await self.database.close()
 
 
@@ -83,7 +100,12 @@ def build_components(settings: Settings) -> Components:
     """Wires storage and services from the settings."""
     database = Database(settings.effective_database_url)
     bus = build_bus(settings)
-    agents = AgentService(AgentRepository(database))
+    quotas = Quotas(
+        max_agents=settings.quota_max_agents,
+        max_concurrent_runs=settings.quota_max_concurrent_runs,
+        max_tokens_per_day=settings.quota_max_tokens_per_day,
+    )
+    agents = AgentService(AgentRepository(database), quotas)
     session_repository = SessionRepository(database)
     sessions = SessionService(session_repository, agents)
     tools = ToolService(
@@ -103,8 +125,8 @@ def build_components(settings: Settings) -> Components:
     executor = RunExecutor(
         run_repository, session_repository, agents, event_log, bus, providers, tools, limits
     )
-    runs = RunService(run_repository, sessions, agents, tools, event_log, executor, limits)
-    features = ["reflection"] if settings.reflection else []
+    runs = RunService(run_repository, sessions, agents, tools, event_log, executor, limits, quotas)
+    features = ["reflection"] if settings.reflection_enabled else []
     info = ServerInfo(
         version=VERSION,
         start_time=utcnow(),
@@ -114,9 +136,46 @@ def build_components(settings: Settings) -> Components:
         workers=settings.workers,
     )
     system = SystemService(info, database, agents, sessions)
-    return Components(
-        database, bus, agents, sessions, tools, providers, event_log, executor, runs, system
+    rules = rules_for([entry.descriptor() for entry in SERVICES])
+    api_keys = ApiKeyService(ApiKeyRepository(database), known_scopes(rules))
+    authenticator = Authenticator(
+        api_keys if "api_key" in settings.auth_methods else None,
+        JwtVerifier(jwt_settings(settings)) if "jwt" in settings.auth_methods else None,
     )
+    return Components(
+        database,
+        bus,
+        agents,
+        sessions,
+        tools,
+        providers,
+        event_log,
+        executor,
+        runs,
+        system,
+        api_keys,
+        authenticator,
+        rules,
+        build_rate_limiter(settings.redis_url),
+    )
+
+
+def jwt_settings(settings: Settings) -> JwtSettings:
+    """How JWTs are checked, from the settings."""
+    return JwtSettings(
+        algorithms=settings.jwt_algorithm_list,
+        secret=settings.jwt_secret,
+        jwks_file=settings.jwt_jwks_file,
+        jwks_url=settings.jwt_jwks_url,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        leeway_s=settings.jwt_leeway_s,
+        tenant_claim=settings.jwt_tenant_claim,
+        scope_claims=[c.strip() for c in settings.jwt_scope_claims.split(",") if c.strip()],
+    )
+
+
+KEEPALIVE_MIN_CLIENT_PING_MS = 10_000
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -127,10 +186,13 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         # Only worker processes of one server share the port (ASTER_WORKERS);
         # otherwise a second server on a taken port must fail, not join it.
         ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+        # Keepalive: the server pings idle clients every 60 s; a client that
+        # pings more often than every 10 s gets GOAWAY after two strikes.
         ("grpc.keepalive_time_ms", 60_000),
-        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_MIN_CLIENT_PING_MS),
+        ("grpc.http2.max_ping_strikes", 2),
     ]
 
 
@@ -139,8 +201,26 @@ def build_server(
 ) -> tuple[grpc.aio.Server, AsyncHealthServicer]:
     """A server with every service, health and (optionally) reflection."""
     server = grpc.aio.server(
-        interceptors=[MetricsInterceptor(), ErrorInterceptor()],
+        interceptors=[
+            MetricsInterceptor(),
+            AuthInterceptor(components.rules, components.authenticator),
+            *(
+                [
+                    RateLimitInterceptor(
+                        components.rules,
+                        components.limiter,
+                        settings.rate_limit_rps,
+                        settings.rate_limit_burst,
+                    )
+                ]
+                if components.authenticator.enabled
+                else []
+            ),
+            ErrorInterceptor(),
+            UnaryDeadlineInterceptor(settings.max_unary_deadline_s),
+        ],
         options=server_options(settings),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     implemented: dict[str, object] = {
         "AgentService": with_pending_methods(
@@ -149,6 +229,7 @@ def build_server(
         "SessionService": SessionServicer(components.sessions),
         "ToolService": ToolServicer(components.tools),
         "SystemService": SystemServicer(components.system),
+        "AuthService": AuthServicer(components.api_keys),
     }
     for entry in SERVICES:
         module = entry.grpc_module()
@@ -160,7 +241,7 @@ def build_server(
 
     health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    if settings.reflection:
+    if settings.reflection_enabled:
         names = [*service_names(), health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
     return server, health_servicer
@@ -217,11 +298,18 @@ async def run_server(
     await set_serving(health_servicer)
     await components.runs.dispatch_queued()
     pruning = asyncio.create_task(prune_events(components.runs, settings.event_retention_s))
+    if not components.authenticator.enabled:
+        _log.warning(
+            "AUTHENTICATION IS OFF (ASTER_AUTH_MODE=none): every caller is admin of tenant "
+            "'default'. Never expose this server; set ASTER_AUTH_MODE for production."
+        )
     _log.info(
         "serving",
+        auth=settings.auth_mode,
+        mode=settings.mode.value,
         grpc_port=port,
         storage=components.database.backend,
-        reflection=settings.reflection,
+        reflection=settings.reflection_enabled,
     )
     if on_ready is not None:
         on_ready(port)

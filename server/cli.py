@@ -196,6 +196,63 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _key_service(settings: Settings) -> tuple[Any, Any]:
+    from aster.server.auth.api_key_service import ApiKeyService
+    from aster.server.auth.rules import known_scopes, rules_for
+    from aster.server.rpc.catalog import SERVICES
+    from aster.server.storage import migrate
+    from aster.server.storage.api_key_repository import ApiKeyRepository
+    from aster.server.storage.database import Database
+
+    database = Database(settings.effective_database_url)
+    await migrate.upgrade(database)
+    scopes = known_scopes(rules_for([entry.descriptor() for entry in SERVICES]))
+    return database, ApiKeyService(ApiKeyRepository(database), scopes)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Creates, lists or revokes API keys directly in the database (for
+    bootstrapping the first admin key)."""
+    from datetime import timedelta
+
+    from aster.server.clock import utcnow
+    from aster.server.errors import AsterError
+
+    settings = load_settings(args)
+
+    async def run() -> int:
+        database, keys = await _key_service(settings)
+        try:
+            if args.keys_command == "create":
+                expire = (
+                    utcnow() + timedelta(days=args.expires_in_days)
+                    if args.expires_in_days
+                    else None
+                )
+                key, secret = await keys.create(args.tenant, args.scope, args.name, expire)
+                print(
+                    f"created {key.id} for tenant {key.tenant} with scopes {' '.join(key.scopes)}"
+                )
+                print("the key (shown once; Aster stores only its hash):", file=sys.stderr)
+                print(secret)
+            elif args.keys_command == "list":
+                page = await keys.list(args.tenant, True, 1000, "")
+                for key in page.items:
+                    state = "revoked" if key.revoked else "active"
+                    print(f"{key.id}\t{key.prefix}\t{key.tenant}\t{' '.join(key.scopes)}\t{state}")
+            else:
+                key = await keys.revoke(args.id)
+                print(f"revoked {key.id}")
+            return 0
+        except AsterError as err:
+            print(f"aster: {err.message}", file=sys.stderr)
+            return 2
+        finally:
+            await database.close()
+
+    return asyncio.run(run())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `aster`."""
     parser = argparse.ArgumentParser(prog="aster", description=__doc__)
@@ -216,6 +273,20 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade = db_commands.add_parser("upgrade", help="apply migrations")
     _add_settings_flags(upgrade)
     upgrade.set_defaults(handler=cmd_db_upgrade)
+    keys = commands.add_parser("keys", help="manage API keys (bootstrapping)")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create a key and print it once")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--scope", action="append", required=True, help="repeat for each scope")
+    create.add_argument("--name", default="", help="a display name")
+    create.add_argument("--expires-in-days", type=float, default=0)
+    listing = key_commands.add_parser("list", help="list keys (never their secrets)")
+    listing.add_argument("--tenant", default="")
+    revoke = key_commands.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("id")
+    for sub in (create, listing, revoke):
+        _add_settings_flags(sub)
+        sub.set_defaults(handler=cmd_keys)
     return parser
 
 

@@ -21,6 +21,17 @@ class LogFormat(StrEnum):
     TEXT = "text"
 
 
+class Mode(StrEnum):
+    """Development (the default) or production, which refuses unsafe settings."""
+
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+AUTH_METHODS = ("api_key", "jwt")
+JWT_ALGORITHMS = ("HS256", "RS256", "ES256")
+
+
 class Settings(BaseSettings):
     """Every knob of the server. Field `grpc_port` is `ASTER_GRPC_PORT`, and so on."""
 
@@ -40,7 +51,9 @@ class Settings(BaseSettings):
     redis_url: str = ""
     log_level: str = "info"
     log_format: LogFormat = LogFormat.AUTO
-    reflection: bool = True
+    mode: Mode = Mode.DEVELOPMENT
+    # gRPC server reflection; unset means on in development, off in production.
+    reflection: bool | None = None
     shutdown_grace_s: float = Field(10.0, ge=0)
     workers: int = Field(1, ge=1, le=64)
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
@@ -58,6 +71,36 @@ class Settings(BaseSettings):
     max_input_chars: int = Field(100_000, ge=1)
     # How long a finished run's events stay replayable (StreamRun).
     event_retention_s: float = Field(86_400.0, gt=0)
+    # Authentication: `none`, `api_key`, `jwt` or `api_key,jwt`.
+    auth_mode: str = "none"
+    # JWT verification: the accepted algorithms (pinned), the HS256 secret,
+    # or RS256/ES256 keys from a JWKS file or URL; the claims checked.
+    jwt_algorithms: str = "HS256"
+    jwt_secret: str = Field("", repr=False)
+    jwt_jwks_file: Path | None = None
+    jwt_jwks_url: str = ""
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwt_leeway_s: float = Field(30.0, ge=0, le=300)
+    jwt_tenant_claim: str = "tenant"
+    jwt_scope_claims: str = "scope,scp"
+    # Requests per second and burst per tenant and per API key (on with auth).
+    rate_limit_rps: float = Field(50.0, gt=0)
+    rate_limit_burst: int = Field(100, ge=1)
+    # Per-tenant quotas; 0 means unlimited.
+    quota_max_agents: int = Field(10_000, ge=0)
+    quota_max_concurrent_runs: int = Field(100, ge=0)
+    quota_max_tokens_per_day: int = Field(0, ge=0)
+    # Protocol limits of the gRPC server.
+    max_concurrent_rpcs: int = Field(10_000, ge=1)
+    max_unary_deadline_s: float = Field(60.0, gt=0)
+    # Edge: allowed CORS origins (comma-separated, `*` for any), Envoy's
+    # per-client-IP rate limit (0 = off), and its hardening limits.
+    cors_origins: str = ""
+    edge_rate_limit_rps: float = Field(0.0, ge=0)
+    edge_max_concurrent_streams: int = Field(100, ge=1)
+    edge_max_connections: int = Field(10_000, ge=1)
+    edge_max_heap_bytes: int = Field(1024 * 1024 * 1024, ge=64 * 1024 * 1024)
     # Where `aster edge` sends traffic; defaults to this server's gRPC port.
     upstreams: str = ""
 
@@ -78,6 +121,63 @@ class Settings(BaseSettings):
                 f"(got {value.split('://', 1)[0]}://...)"
             )
         return value
+
+    @field_validator("auth_mode")
+    @classmethod
+    def _known_auth_mode(cls, value: str) -> str:
+        methods = [m.strip() for m in value.lower().split(",") if m.strip()]
+        if methods == ["none"]:
+            return "none"
+        unknown = [m for m in methods if m not in AUTH_METHODS]
+        if unknown or not methods:
+            raise ValueError("must be none, api_key, jwt or api_key,jwt")
+        return ",".join(sorted(set(methods)))
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _pinned_algorithms(cls, value: str) -> str:
+        algorithms = [a.strip().upper() for a in value.split(",") if a.strip()]
+        unknown = [a for a in algorithms if a not in JWT_ALGORITHMS]
+        if unknown or not algorithms:
+            raise ValueError(f"must be a comma-separated subset of {', '.join(JWT_ALGORITHMS)}")
+        return ",".join(algorithms)
+
+    @model_validator(mode="after")
+    def _production_is_safe(self) -> Settings:
+        if self.mode is Mode.PRODUCTION and self.auth_mode == "none":
+            raise ValueError(
+                "ASTER_MODE=production refuses ASTER_AUTH_MODE=none; set api_key, jwt or "
+                "api_key,jwt"
+            )
+        if "jwt" in self.auth_methods:
+            algorithms = self.jwt_algorithm_list
+            if "HS256" in algorithms and not self.jwt_secret:
+                raise ValueError("ASTER_JWT_ALGORITHMS has HS256 but ASTER_JWT_SECRET is empty")
+            if set(algorithms) - {"HS256"} and not (self.jwt_jwks_file or self.jwt_jwks_url):
+                raise ValueError("RS256/ES256 need ASTER_JWT_JWKS_FILE or ASTER_JWT_JWKS_URL")
+        return self
+
+    @property
+    def auth_methods(self) -> tuple[str, ...]:
+        """The enabled authentication methods; empty when auth is off."""
+        return () if self.auth_mode == "none" else tuple(self.auth_mode.split(","))
+
+    @property
+    def jwt_algorithm_list(self) -> list[str]:
+        """The accepted JWT algorithms."""
+        return self.jwt_algorithms.split(",")
+
+    @property
+    def reflection_enabled(self) -> bool:
+        """Reflection, defaulting to on in development and off in production."""
+        if self.reflection is not None:
+            return self.reflection
+        return self.mode is Mode.DEVELOPMENT
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """The allowed CORS origins."""
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> Settings:

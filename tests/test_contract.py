@@ -149,3 +149,109 @@ def test_buf_breaking_against_head_passes_and_catches_a_renumbered_field(tmp_pat
     assert "string storage_backend = 4;" in text
     system.write_text(text.replace("string storage_backend = 4;", "string storage_backend = 44;"))
     assert breaking.check(changed, head) != 0
+
+
+# --- Per-RPC authorisation (aster.v1.auth, proto/aster/v1/options.proto) ---
+
+import re  # noqa: E402
+
+from google.api import http_pb2  # noqa: E402
+
+from aster.v1 import options_pb2  # noqa: E402  (registers the `auth` extension)
+
+AUTH_AREAS = ("agents", "sessions", "runs", "pools", "rooms", "memory", "workflows", "tools")
+AUTH_SCOPES = {"admin"} | {f"{area}.{level}" for area in AUTH_AREAS for level in ("read", "write")}
+
+
+def _auth_problems(files: list[descriptor_pb2.FileDescriptorProto]) -> tuple[list[str], set[str]]:
+    """The RPCs of `files` whose `aster.v1.auth` option is missing, empty or
+    names an unknown scope, and the set of scopes used."""
+    problems: list[str] = []
+    used: set[str] = set()
+    for file in files:
+        for service in file.service:
+            for method in service.method:
+                name = f"{service.name}.{method.name}"
+                # Re-parse so the extension resolves however `method` was built.
+                options = descriptor_pb2.MethodOptions.FromString(
+                    method.options.SerializeToString()
+                )
+                if not options.HasExtension(options_pb2.auth):
+                    problems.append(f"{name}: no (aster.v1.auth) option")
+                    continue
+                rule = options.Extensions[options_pb2.auth]
+                if rule.public:
+                    if rule.scope:
+                        problems.append(f"{name}: public but also scope {rule.scope!r}")
+                    continue
+                if not rule.scope:
+                    problems.append(f"{name}: empty scope and not public")
+                elif rule.scope not in AUTH_SCOPES:
+                    problems.append(f"{name}: unknown scope {rule.scope!r}")
+                else:
+                    used.add(rule.scope)
+    return problems, used
+
+
+def test_every_rpc_has_an_auth_rule() -> None:
+    problems, used = _auth_problems(_files())
+    assert not problems, problems
+    assert used == AUTH_SCOPES
+
+
+def test_public_rpcs_are_only_health() -> None:
+    public = [
+        f"{service.name}.{method.name}"
+        for file in _files()
+        for service in file.service
+        for method in service.method
+        if method.options.Extensions[options_pb2.auth].public
+    ]
+    assert public == ["SystemService.GetHealth"]
+
+
+def test_the_auth_check_finds_missing_and_bad_rules() -> None:
+    file = descriptor_pb2.FileDescriptorProto(name="x.proto", package="aster.v1")
+    service = file.service.add(name="XService")
+    service.method.add(name="Bare")
+    service.method.add(name="Empty").options.Extensions[options_pb2.auth].SetInParent()
+    service.method.add(name="Odd").options.Extensions[options_pb2.auth].scope = "agents.delete"
+    service.method.add(name="Fine").options.Extensions[options_pb2.auth].scope = "tools.read"
+    service.method.add(name="Open").options.Extensions[options_pb2.auth].public = True
+    problems, used = _auth_problems([file])
+    assert problems == [
+        "XService.Bare: no (aster.v1.auth) option",
+        "XService.Empty: empty scope and not public",
+        "XService.Odd: unknown scope 'agents.delete'",
+    ]
+    assert used == {"tools.read"}
+
+
+def _http_routes(rule: http_pb2.HttpRule) -> list[tuple[str, str]]:
+    """(verb, path) of a binding and of its additional bindings."""
+    routes = []
+    for binding in [rule, *rule.additional_bindings]:
+        verb = binding.WhichOneof("pattern")
+        if verb == "custom":
+            routes.append((binding.custom.kind.upper(), binding.custom.path))
+        elif verb:
+            routes.append((verb.upper(), getattr(binding, verb)))
+    return routes
+
+
+def test_no_two_rpcs_share_an_http_route() -> None:
+    # Variable names do not matter to the router: `{id}` and `{agent_id}`
+    # in the same place clash.
+    seen: dict[tuple[str, str], str] = {}
+    clashes = []
+    for file in _files():
+        for service in file.service:
+            for method in service.method:
+                rule = method.options.Extensions[annotations_pb2.http]
+                for verb, path in _http_routes(rule):
+                    key = (verb, re.sub(r"\{[^}]*\}", "{}", path))
+                    name = f"{service.name}.{method.name}"
+                    if key in seen:
+                        clashes.append(f"{verb} {path}: {seen[key]} and {name}")
+                    seen.setdefault(key, name)
+    assert not clashes, clashes

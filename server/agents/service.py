@@ -12,6 +12,7 @@ from aster.server.agents.validation import validate_agent_spec
 from aster.server.clock import utcnow
 from aster.server.etags import check_etag
 from aster.server.ids import check_id, new_id
+from aster.server.limits.quotas import Quotas
 from aster.server.pagination import Cursor, decode_token, encode_token, page_size
 from aster.server.storage.agent_repository import AgentRepository
 from aster.server.update_mask import apply_update_mask
@@ -49,13 +50,16 @@ class AgentPage:
 class AgentService:
     """Agents of every tenant; each call names the caller's tenant."""
 
-    def __init__(self, repository: AgentRepository) -> None:
+    def __init__(self, repository: AgentRepository, quotas: Quotas | None = None) -> None:
         self._repository = repository
+        self._quotas = quotas or Quotas()
 
     async def create(self, tenant: str, spec: AgentSpec, proposed_id: str = "") -> Agent:
         """Validates and stores a new agent."""
         agent_id = check_id(proposed_id, "agent_id") if proposed_id else new_id(ID_PREFIX)
         validate_agent_spec(spec)
+        if self._quotas.max_agents:
+            self._quotas.check("max_agents", await self._repository.count(tenant), tenant)
         now = utcnow()
         agent = Agent(id=agent_id, spec=spec, create_time=now, update_time=now)
         return await self._repository.create(tenant, agent)

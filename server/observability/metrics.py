@@ -8,6 +8,8 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import Token
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -16,10 +18,12 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client import multiprocess as prometheus_multiprocess
 from py_grpc_prometheus import server_metrics
 
+from aster.server.observability.call_context import CallInfo, begin, end, request_id_from
 from aster.server.rpc.handlers import ServerInterceptor, Streaming, Unary, wrap_handler
 
 _log = structlog.get_logger("aster.access")
 
+Context = grpc.aio.ServicerContext[Any, Any]
 UNARY = "UNARY"
 SERVER_STREAM = "SERVER_STREAMING"
 
@@ -45,44 +49,47 @@ class MetricsInterceptor(ServerInterceptor):
         if handler is None:
             return handler
         service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        metadata = {
+            k: v for k, v in (handler_call_details.invocation_metadata or ()) if isinstance(v, str)
+        }
+        request_id = request_id_from(metadata)
         return wrap_handler(
             handler,
-            lambda behavior: self._unary(behavior, service, method),
-            lambda behavior: self._streaming(behavior, service, method),
+            lambda behavior: self._unary(behavior, service, method, request_id),
+            lambda behavior: self._streaming(behavior, service, method, request_id),
         )
 
-    def _labels(self, kind: str, service: str, method: str) -> dict[str, str]:
-        return {"grpc_type": kind, "grpc_service": service, "grpc_method": method}
+    def _begin(
+        self, labels: dict[str, str], context: Context, request_id: str
+    ) -> tuple[_Call, Token[CallInfo | None]]:
+        self._metrics["grpc_server_started_counter"].labels(**labels).inc()
+        # Read the peer now: grpcio crashes reading it from a cancelled call.
+        call = _Call(labels, context.peer(), time.perf_counter(), CallInfo(request_id))
+        return call, begin(call.info)
 
-    def _finish(
-        self,
-        labels: dict[str, str],
-        context: grpc.aio.ServicerContext[Any, Any],
-        peer: str,
-        started: float,
-        failed: BaseException | None,
-    ) -> None:
-        elapsed = time.perf_counter() - started
+    def _finish(self, call: _Call, context: Context, failed: BaseException | None) -> None:
+        elapsed = time.perf_counter() - call.started
         code = _code_of(context, failed)
-        self._handled.labels(**labels, grpc_code=code).inc()
-        self._metrics["grpc_server_handled_histogram"].labels(**labels).observe(elapsed)
+        self._handled.labels(**call.labels, grpc_code=code).inc()
+        self._metrics["grpc_server_handled_histogram"].labels(**call.labels).observe(elapsed)
         _log.info(
             "rpc",
-            service=labels["grpc_service"],
-            method=labels["grpc_method"],
+            service=call.labels["grpc_service"],
+            method=call.labels["grpc_method"],
             code=code,
             duration_ms=round(elapsed * 1000, 3),
-            peer=peer,
+            peer=call.peer,
+            request_id=call.info.request_id,
+            tenant=call.info.tenant,
+            key_id=call.info.subject if call.info.auth_method == "api_key" else "",
+            subject=call.info.subject if call.info.auth_method == "jwt" else "",
         )
 
-    def _unary(self, behavior: Unary, service: str, method: str) -> Unary:
-        labels = self._labels(UNARY, service, method)
+    def _unary(self, behavior: Unary, service: str, method: str, request_id: str) -> Unary:
+        labels = {"grpc_type": UNARY, "grpc_service": service, "grpc_method": method}
 
-        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            self._metrics["grpc_server_started_counter"].labels(**labels).inc()
-            # Read the peer now: grpcio crashes reading it from a cancelled call.
-            peer = context.peer()
-            started = time.perf_counter()
+        async def call(request: Any, context: Context) -> Any:
+            state, token = self._begin(labels, context, request_id)
             failed: BaseException | None = None
             try:
                 return await behavior(request, context)
@@ -90,20 +97,19 @@ class MetricsInterceptor(ServerInterceptor):
                 failed = err
                 raise
             finally:
-                self._finish(labels, context, peer, started, failed)
+                self._finish(state, context, failed)
+                end(token)
 
         return call
 
-    def _streaming(self, behavior: Streaming, service: str, method: str) -> Streaming:
-        labels = self._labels(SERVER_STREAM, service, method)
+    def _streaming(
+        self, behavior: Streaming, service: str, method: str, request_id: str
+    ) -> Streaming:
+        labels = {"grpc_type": SERVER_STREAM, "grpc_service": service, "grpc_method": method}
+        sent = self._metrics["grpc_server_stream_msg_sent"].labels(**labels)
 
-        async def call(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
-            self._metrics["grpc_server_started_counter"].labels(**labels).inc()
-            sent = self._metrics["grpc_server_stream_msg_sent"].labels(**labels)
-            peer = context.peer()
-            started = time.perf_counter()
+        async def call(request: Any, context: Context) -> AsyncIterator[Any]:
+            state, token = self._begin(labels, context, request_id)
             failed: BaseException | None = None
             try:
                 async for item in behavior(request, context):
@@ -113,9 +119,18 @@ class MetricsInterceptor(ServerInterceptor):
                 failed = err
                 raise
             finally:
-                self._finish(labels, context, peer, started, failed)
+                self._finish(state, context, failed)
+                end(token)
 
         return call
+
+
+@dataclass
+class _Call:
+    labels: dict[str, str]
+    peer: str
+    started: float
+    info: CallInfo
 
 
 def _code_of(context: grpc.aio.ServicerContext[Any, Any], failed: BaseException | None) -> str:

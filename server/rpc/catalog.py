@@ -43,6 +43,7 @@ SERVICES = (
     ServiceEntry("workflow", "WorkflowService", "workflows"),
     ServiceEntry("tool", "ToolService", "tools"),
     ServiceEntry("system", "SystemService", "system"),
+    ServiceEntry("auth", "AuthService", "auth"),
 )
 
 

@@ -11,6 +11,7 @@ from aster.server.agents.service import AgentService
 from aster.server.clock import utcnow
 from aster.server.errors import FailedPrecondition, InvalidArgument, NotFound
 from aster.server.ids import check_id, new_id
+from aster.server.limits.quotas import Quotas
 from aster.server.pagination import Cursor, Page, decode_token, encode_token, page_size
 from aster.server.runs.dependencies import ToolRunner
 from aster.server.runs.event_log import EventLog
@@ -47,6 +48,7 @@ class RunService:
         log: EventLog,
         executor: RunExecutor,
         limits: RunLimits,
+        quotas: Quotas | None = None,
     ) -> None:
         self._runs = runs
         self._sessions = sessions
@@ -55,6 +57,7 @@ class RunService:
         self._log = log
         self._executor = executor
         self._limits = limits
+        self._quotas = quotas or Quotas()
 
     async def start(self, tenant: str, request: RunRequest) -> Run:
         """Admits a run and dispatches it; returns it QUEUED."""
@@ -70,6 +73,7 @@ class RunService:
             raise FailedPrecondition(f"agent {agent.id!r} is disabled", field="agent_id")
         if agent.spec.tools:
             await self._tools.specs(tenant, agent.spec.tools)
+        await self._check_quotas(tenant)
         session_id = await self._session_for(tenant, request)
         run = Run(
             id=new_id(ID_PREFIX),
@@ -103,6 +107,14 @@ class RunService:
         self._executor.dispatch(run)
         return run
 
+    async def _check_quotas(self, tenant: str) -> None:
+        quotas = self._quotas
+        if quotas.max_concurrent_runs:
+            quotas.check("max_concurrent_runs", await self._runs.active_count(tenant), tenant)
+        if quotas.max_tokens_per_day:
+            used = await self._runs.tokens_since(tenant, utcnow() - timedelta(days=1))
+            quotas.check("max_tokens_per_day", used, tenant)
+
     async def _session_for(self, tenant: str, request: RunRequest) -> str:
         if not request.session_id:
             session = await self._sessions.create(tenant, SessionSpec(agent_id=request.agent_id))
@@ -131,10 +143,11 @@ class RunService:
         """Runs of an agent and/or a session, newest first."""
         if not agent_id and not session_id:
             raise InvalidArgument("set agent_id or session_id", field="agent_id")
+        # Naming another tenant's agent or session is NOT_FOUND, not an empty list.
         if agent_id:
-            check_id(agent_id, "agent_id")
+            await self._agents.get(tenant, check_id(agent_id, "agent_id"))
         if session_id:
-            check_id(session_id, "session_id")
+            await self._sessions.get(tenant, session_id, "session_id")
         limit = page_size(size)
         query = f"agent={agent_id};session={session_id}"
         after = decode_token(token, query)

@@ -223,6 +223,24 @@ class RunRepository:
             for r in rows
         ]
 
+    async def active_count(self, tenant: str) -> int:
+        """How many of the tenant's runs are QUEUED or RUNNING."""
+        async with self._db.session() as db:
+            count = await db.scalar(
+                select(func.count()).where(RunRow.tenant == tenant, RunRow.status.in_(_ACTIVE))
+            )
+        return int(count or 0)
+
+    async def tokens_since(self, tenant: str, since: datetime) -> int:
+        """Tokens (in + out) used by the tenant's runs created since `since`."""
+        async with self._db.session() as db:
+            total = await db.scalar(
+                select(
+                    func.coalesce(func.sum(RunRow.input_tokens + RunRow.output_tokens), 0)
+                ).where(RunRow.tenant == tenant, RunRow.create_time >= since)
+            )
+        return int(total or 0)
+
     async def agent_activity(self, tenant: str, agent_id: str) -> tuple[int, datetime | None]:
         """How many runs of the agent are active, and its last activity."""
         async with self._db.session() as db:

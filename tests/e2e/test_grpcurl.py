@@ -23,7 +23,7 @@ def test_list_shows_every_service_and_health(stack: Stack) -> None:
     )
     assert result.returncode == 0, result.stderr
     listed = set(result.stdout.split())
-    assert len(service_names()) == 8
+    assert len(service_names()) == 9
     assert set(service_names()) <= listed
     assert "grpc.health.v1.Health" in listed
 

@@ -17,7 +17,8 @@ def test_defaults() -> None:
     assert settings.envoy_admin_port == 9901
     assert settings.storage_backend == "sqlite"
     assert settings.effective_database_url.endswith("/.aster/aster.db")
-    assert settings.reflection is True
+    assert settings.reflection_enabled is True
+    assert settings.auth_methods == ()
     assert settings.shutdown_grace_s == 10
     assert settings.workers == 1
 

@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from aster.v1 import options_pb2 as aster_dot_v1_dot_options__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
@@ -30,7 +31,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61ster/v1/memory.proto\x12\x08\x61ster.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x02\n\x12WorkingMemoryEntry\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x11\n\x03key\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueB\x04\xe2\x41\x01\x02\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x05 \x01(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x0f\n\x07room_id\x18\x07 \x01(\t\x12\x35\n\x0b\x65xpire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x0b \x01(\t\"\xe5\x02\n\x06Memory\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x12\n\x04text\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x0f\n\x07room_id\x18\x06 \x01(\t\x12&\n\x06source\x18\x07 \x01(\x0b\x32\x16.aster.v1.MemorySource\x12\x16\n\x08\x65mbedder\x18\x08 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1e\n\x10\x65mbedder_version\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rsuperseded_by\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x1f\n\x11\x63onsolidated_from\x18\x0b \x03(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"o\n\x0cMemorySource\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x03 \x01(\t\x12%\n\x17working_memory_entry_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\"E\n\x12MemorySearchResult\x12 \n\x06memory\x18\x01 \x01(\x0b\x32\x10.aster.v1.Memory\x12\r\n\x05score\x18\x02 \x01(\x01\"\xab\x02\n\x10MemoryProvenance\x12\x11\n\tmemory_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x0f\n\x07room_id\x18\x05 \x01(\t\x12&\n\x06source\x18\x06 \x01(\x0b\x32\x16.aster.v1.MemorySource\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65mbedder\x18\x08 \x01(\t\x12\x18\n\x10\x65mbedder_version\x18\t \x01(\t\x12\x35\n\x11\x63onsolidated_from\x18\n \x03(\x0b\x32\x1a.aster.v1.MemoryProvenance\"L\n\x17SetWorkingMemoryRequest\x12\x31\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1c.aster.v1.WorkingMemoryEntryB\x04\xe2\x41\x01\x02\"\x8f\x01\n\x1fListWorkingMemoryEntriesRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0f\n\x07room_id\x18\x03 \x01(\t\x12\x0e\n\x06prefix\x18\x04 \x01(\t\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"j\n ListWorkingMemoryEntriesResponse\x12-\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1c.aster.v1.WorkingMemoryEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"0\n\x1cGetWorkingMemoryEntryRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x85\x01\n\x1fUpdateWorkingMemoryEntryRequest\x12\x31\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1c.aster.v1.WorkingMemoryEntryB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"A\n\x1f\x44\x65leteWorkingMemoryEntryRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"R\n\x19\x43learWorkingMemoryRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0f\n\x07room_id\x18\x03 \x01(\t\"3\n\x1a\x43learWorkingMemoryResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x05\"M\n\x10\x41\x64\x64MemoryRequest\x12&\n\x06memory\x18\x01 \x01(\x0b\x32\x10.aster.v1.MemoryB\x04\xe2\x41\x01\x02\x12\x11\n\tmemory_id\x18\x02 \x01(\t\"\xe4\x01\n\x13SearchMemoryRequest\x12\x13\n\x05query\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x0f\n\x07room_id\x18\x05 \x01(\t\x12\x30\n\x0fmetadata_filter\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x16\n\tmin_score\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\x12include_superseded\x18\x08 \x01(\x08\x42\x0c\n\n_min_score\"E\n\x14SearchMemoryResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.aster.v1.MemorySearchResult\"/\n\x14GetProvenanceRequest\x12\x17\n\tmemory_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x88\x01\n\x18\x43onsolidateMemoryRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0f\n\x07room_id\x18\x03 \x01(\t\x12\x1c\n\x14similarity_threshold\x18\x04 \x01(\x01\x12\x17\n\x0fpromote_working\x18\x05 \x01(\x08\"\\\n\x19\x43onsolidateMemoryResponse\x12\x12\n\nmerged_ids\x18\x01 \x03(\t\x12\x13\n\x0b\x63reated_ids\x18\x02 \x03(\t\x12\x16\n\x0esuperseded_ids\x18\x03 \x03(\t2\x81\n\n\rMemoryService\x12v\n\x10SetWorkingMemory\x12!.aster.v1.SetWorkingMemoryRequest\x1a\x1c.aster.v1.WorkingMemoryEntry\"!\x82\xd3\xe4\x93\x02\x1b\"\x12/v1/memory/working:\x05\x65ntry\x12\x8d\x01\n\x18ListWorkingMemoryEntries\x12).aster.v1.ListWorkingMemoryEntriesRequest\x1a*.aster.v1.ListWorkingMemoryEntriesResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/memory/working\x12~\n\x15GetWorkingMemoryEntry\x12&.aster.v1.GetWorkingMemoryEntryRequest\x1a\x1c.aster.v1.WorkingMemoryEntry\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/memory/working/{id}\x12\x91\x01\n\x18UpdateWorkingMemoryEntry\x12).aster.v1.UpdateWorkingMemoryEntryRequest\x1a\x1c.aster.v1.WorkingMemoryEntry\",\x82\xd3\xe4\x93\x02&2\x1d/v1/memory/working/{entry.id}:\x05\x65ntry\x12~\n\x18\x44\x65leteWorkingMemoryEntry\x12).aster.v1.DeleteWorkingMemoryEntryRequest\x1a\x16.google.protobuf.Empty\"\x1f\x82\xd3\xe4\x93\x02\x19*\x17/v1/memory/working/{id}\x12\x84\x01\n\x12\x43learWorkingMemory\x12#.aster.v1.ClearWorkingMemoryRequest\x1a$.aster.v1.ClearWorkingMemoryResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/memory/working/clear:\x01*\x12^\n\tAddMemory\x12\x1a.aster.v1.AddMemoryRequest\x1a\x10.aster.v1.Memory\"#\x82\xd3\xe4\x93\x02\x1d\"\x13/v1/memory/semantic:\x06memory\x12t\n\x0cSearchMemory\x12\x1d.aster.v1.SearchMemoryRequest\x1a\x1e.aster.v1.SearchMemoryResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/memory/semantic/search:\x01*\x12v\n\rGetProvenance\x12\x1e.aster.v1.GetProvenanceRequest\x1a\x1a.aster.v1.MemoryProvenance\")\x82\xd3\xe4\x93\x02#\x12!/v1/memory/provenance/{memory_id}\x12\x7f\n\x11\x43onsolidateMemory\x12\".aster.v1.ConsolidateMemoryRequest\x1a#.aster.v1.ConsolidateMemoryResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/memory/consolidate:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61ster/v1/memory.proto\x12\x08\x61ster.v1\x1a\x16\x61ster/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x02\n\x12WorkingMemoryEntry\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x11\n\x03key\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueB\x04\xe2\x41\x01\x02\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x05 \x01(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x0f\n\x07room_id\x18\x07 \x01(\t\x12\x35\n\x0b\x65xpire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x0b \x01(\t\"\xe5\x02\n\x06Memory\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x12\n\x04text\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x0f\n\x07room_id\x18\x06 \x01(\t\x12&\n\x06source\x18\x07 \x01(\x0b\x32\x16.aster.v1.MemorySource\x12\x16\n\x08\x65mbedder\x18\x08 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1e\n\x10\x65mbedder_version\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rsuperseded_by\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x1f\n\x11\x63onsolidated_from\x18\x0b \x03(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"o\n\x0cMemorySource\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x03 \x01(\t\x12%\n\x17working_memory_entry_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\"E\n\x12MemorySearchResult\x12 \n\x06memory\x18\x01 \x01(\x0b\x32\x10.aster.v1.Memory\x12\r\n\x05score\x18\x02 \x01(\x01\"\xab\x02\n\x10MemoryProvenance\x12\x11\n\tmemory_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x0f\n\x07room_id\x18\x05 \x01(\t\x12&\n\x06source\x18\x06 \x01(\x0b\x32\x16.aster.v1.MemorySource\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65mbedder\x18\x08 \x01(\t\x12\x18\n\x10\x65mbedder_version\x18\t \x01(\t\x12\x35\n\x11\x63onsolidated_from\x18\n \x03(\x0b\x32\x1a.aster.v1.MemoryProvenance\"L\n\x17SetWorkingMemoryRequest\x12\x31\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1c.aster.v1.WorkingMemoryEntryB\x04\xe2\x41\x01\x02\"\x8f\x01\n\x1fListWorkingMemoryEntriesRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0f\n\x07room_id\x18\x03 \x01(\t\x12\x0e\n\x06prefix\x18\x04 \x01(\t\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"j\n ListWorkingMemoryEntriesResponse\x12-\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1c.aster.v1.WorkingMemoryEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"0\n\x1cGetWorkingMemoryEntryRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x85\x01\n\x1fUpdateWorkingMemoryEntryRequest\x12\x31\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1c.aster.v1.WorkingMemoryEntryB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"A\n\x1f\x44\x65leteWorkingMemoryEntryRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"R\n\x19\x43learWorkingMemoryRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0f\n\x07room_id\x18\x03 \x01(\t\"3\n\x1a\x43learWorkingMemoryResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x05\"M\n\x10\x41\x64\x64MemoryRequest\x12&\n\x06memory\x18\x01 \x01(\x0b\x32\x10.aster.v1.MemoryB\x04\xe2\x41\x01\x02\x12\x11\n\tmemory_id\x18\x02 \x01(\t\"\xe4\x01\n\x13SearchMemoryRequest\x12\x13\n\x05query\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x0f\n\x07room_id\x18\x05 \x01(\t\x12\x30\n\x0fmetadata_filter\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x16\n\tmin_score\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\x12include_superseded\x18\x08 \x01(\x08\x42\x0c\n\n_min_score\"E\n\x14SearchMemoryResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.aster.v1.MemorySearchResult\"/\n\x14GetProvenanceRequest\x12\x17\n\tmemory_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x88\x01\n\x18\x43onsolidateMemoryRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0f\n\x07room_id\x18\x03 \x01(\t\x12\x1c\n\x14similarity_threshold\x18\x04 \x01(\x01\x12\x17\n\x0fpromote_working\x18\x05 \x01(\x08\"\\\n\x19\x43onsolidateMemoryResponse\x12\x12\n\nmerged_ids\x18\x01 \x03(\t\x12\x13\n\x0b\x63reated_ids\x18\x02 \x03(\t\x12\x16\n\x0esuperseded_ids\x18\x03 \x03(\t2\xb7\x0b\n\rMemoryService\x12\x88\x01\n\x10SetWorkingMemory\x12!.aster.v1.SetWorkingMemoryRequest\x1a\x1c.aster.v1.WorkingMemoryEntry\"3\x8a\xb5\x18\x0e\n\x0cmemory.write\x82\xd3\xe4\x93\x02\x1b\"\x12/v1/memory/working:\x05\x65ntry\x12\x9e\x01\n\x18ListWorkingMemoryEntries\x12).aster.v1.ListWorkingMemoryEntriesRequest\x1a*.aster.v1.ListWorkingMemoryEntriesResponse\"+\x8a\xb5\x18\r\n\x0bmemory.read\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/memory/working\x12\x8f\x01\n\x15GetWorkingMemoryEntry\x12&.aster.v1.GetWorkingMemoryEntryRequest\x1a\x1c.aster.v1.WorkingMemoryEntry\"0\x8a\xb5\x18\r\n\x0bmemory.read\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/memory/working/{id}\x12\xa3\x01\n\x18UpdateWorkingMemoryEntry\x12).aster.v1.UpdateWorkingMemoryEntryRequest\x1a\x1c.aster.v1.WorkingMemoryEntry\">\x8a\xb5\x18\x0e\n\x0cmemory.write\x82\xd3\xe4\x93\x02&2\x1d/v1/memory/working/{entry.id}:\x05\x65ntry\x12\x90\x01\n\x18\x44\x65leteWorkingMemoryEntry\x12).aster.v1.DeleteWorkingMemoryEntryRequest\x1a\x16.google.protobuf.Empty\"1\x8a\xb5\x18\x0e\n\x0cmemory.write\x82\xd3\xe4\x93\x02\x19*\x17/v1/memory/working/{id}\x12\x96\x01\n\x12\x43learWorkingMemory\x12#.aster.v1.ClearWorkingMemoryRequest\x1a$.aster.v1.ClearWorkingMemoryResponse\"5\x8a\xb5\x18\x0e\n\x0cmemory.write\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/memory/working/clear:\x01*\x12p\n\tAddMemory\x12\x1a.aster.v1.AddMemoryRequest\x1a\x10.aster.v1.Memory\"5\x8a\xb5\x18\x0e\n\x0cmemory.write\x82\xd3\xe4\x93\x02\x1d\"\x13/v1/memory/semantic:\x06memory\x12\x85\x01\n\x0cSearchMemory\x12\x1d.aster.v1.SearchMemoryRequest\x1a\x1e.aster.v1.SearchMemoryResponse\"6\x8a\xb5\x18\r\n\x0bmemory.read\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/memory/semantic/search:\x01*\x12\x87\x01\n\rGetProvenance\x12\x1e.aster.v1.GetProvenanceRequest\x1a\x1a.aster.v1.MemoryProvenance\":\x8a\xb5\x18\r\n\x0bmemory.read\x82\xd3\xe4\x93\x02#\x12!/v1/memory/provenance/{memory_id}\x12\x91\x01\n\x11\x43onsolidateMemory\x12\".aster.v1.ConsolidateMemoryRequest\x1a#.aster.v1.ConsolidateMemoryResponse\"3\x8a\xb5\x18\x0e\n\x0cmemory.write\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/memory/consolidate:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -80,63 +81,63 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETPROVENANCEREQUEST'].fields_by_name['memory_id']._loaded_options = None
   _globals['_GETPROVENANCEREQUEST'].fields_by_name['memory_id']._serialized_options = b'\342A\001\002'
   _globals['_MEMORYSERVICE'].methods_by_name['SetWorkingMemory']._loaded_options = None
-  _globals['_MEMORYSERVICE'].methods_by_name['SetWorkingMemory']._serialized_options = b'\202\323\344\223\002\033\"\022/v1/memory/working:\005entry'
+  _globals['_MEMORYSERVICE'].methods_by_name['SetWorkingMemory']._serialized_options = b'\212\265\030\016\n\014memory.write\202\323\344\223\002\033\"\022/v1/memory/working:\005entry'
   _globals['_MEMORYSERVICE'].methods_by_name['ListWorkingMemoryEntries']._loaded_options = None
-  _globals['_MEMORYSERVICE'].methods_by_name['ListWorkingMemoryEntries']._serialized_options = b'\202\323\344\223\002\024\022\022/v1/memory/working'
+  _globals['_MEMORYSERVICE'].methods_by_name['ListWorkingMemoryEntries']._serialized_options = b'\212\265\030\r\n\013memory.read\202\323\344\223\002\024\022\022/v1/memory/working'
   _globals['_MEMORYSERVICE'].methods_by_name['GetWorkingMemoryEntry']._loaded_options = None
-  _globals['_MEMORYSERVICE'].methods_by_name['GetWorkingMemoryEntry']._serialized_options = b'\202\323\344\223\002\031\022\027/v1/memory/working/{id}'
+  _globals['_MEMORYSERVICE'].methods_by_name['GetWorkingMemoryEntry']._serialized_options = b'\212\265\030\r\n\013memory.read\202\323\344\223\002\031\022\027/v1/memory/working/{id}'
   _globals['_MEMORYSERVICE'].methods_by_name['UpdateWorkingMemoryEntry']._loaded_options = None
-  _globals['_MEMORYSERVICE'].methods_by_name['UpdateWorkingMemoryEntry']._serialized_options = b'\202\323\344\223\002&2\035/v1/memory/working/{entry.id}:\005entry'
+  _globals['_MEMORYSERVICE'].methods_by_name['UpdateWorkingMemoryEntry']._serialized_options = b'\212\265\030\016\n\014memory.write\202\323\344\223\002&2\035/v1/memory/working/{entry.id}:\005entry'
   _globals['_MEMORYSERVICE'].methods_by_name['DeleteWorkingMemoryEntry']._loaded_options = None
-  _globals['_MEMORYSERVICE'].methods_by_name['DeleteWorkingMemoryEntry']._serialized_options = b'\202\323\344\223\002\031*\027/v1/memory/working/{id}'
+  _globals['_MEMORYSERVICE'].methods_by_name['DeleteWorkingMemoryEntry']._serialized_options = b'\212\265\030\016\n\014memory.write\202\323\344\223\002\031*\027/v1/memory/working/{id}'
   _globals['_MEMORYSERVICE'].methods_by_name['ClearWorkingMemory']._loaded_options = None
-  _globals['_MEMORYSERVICE'].methods_by_name['ClearWorkingMemory']._serialized_options = b'\202\323\344\223\002\035\"\030/v1/memory/working/clear:\001*'
+  _globals['_MEMORYSERVICE'].methods_by_name['ClearWorkingMemory']._serialized_options = b'\212\265\030\016\n\014memory.write\202\323\344\223\002\035\"\030/v1/memory/working/clear:\001*'
   _globals['_MEMORYSERVICE'].methods_by_name['AddMemory']._loaded_options = None
-  _globals['_MEMORYSERVICE'].methods_by_name['AddMemory']._serialized_options = b'\202\323\344\223\002\035\"\023/v1/memory/semantic:\006memory'
+  _globals['_MEMORYSERVICE'].methods_by_name['AddMemory']._serialized_options = b'\212\265\030\016\n\014memory.write\202\323\344\223\002\035\"\023/v1/memory/semantic:\006memory'
   _globals['_MEMORYSERVICE'].methods_by_name['SearchMemory']._loaded_options = None
-  _globals['_MEMORYSERVICE'].methods_by_name['SearchMemory']._serialized_options = b'\202\323\344\223\002\037\"\032/v1/memory/semantic/search:\001*'
+  _globals['_MEMORYSERVICE'].methods_by_name['SearchMemory']._serialized_options = b'\212\265\030\r\n\013memory.read\202\323\344\223\002\037\"\032/v1/memory/semantic/search:\001*'
   _globals['_MEMORYSERVICE'].methods_by_name['GetProvenance']._loaded_options = None
-  _globals['_MEMORYSERVICE'].methods_by_name['GetProvenance']._serialized_options = b'\202\323\344\223\002#\022!/v1/memory/provenance/{memory_id}'
+  _globals['_MEMORYSERVICE'].methods_by_name['GetProvenance']._serialized_options = b'\212\265\030\r\n\013memory.read\202\323\344\223\002#\022!/v1/memory/provenance/{memory_id}'
   _globals['_MEMORYSERVICE'].methods_by_name['ConsolidateMemory']._loaded_options = None
-  _globals['_MEMORYSERVICE'].methods_by_name['ConsolidateMemory']._serialized_options = b'\202\323\344\223\002\033\"\026/v1/memory/consolidate:\001*'
-  _globals['_WORKINGMEMORYENTRY']._serialized_start=225
-  _globals['_WORKINGMEMORYENTRY']._serialized_end=582
-  _globals['_MEMORY']._serialized_start=585
-  _globals['_MEMORY']._serialized_end=942
-  _globals['_MEMORYSOURCE']._serialized_start=944
-  _globals['_MEMORYSOURCE']._serialized_end=1055
-  _globals['_MEMORYSEARCHRESULT']._serialized_start=1057
-  _globals['_MEMORYSEARCHRESULT']._serialized_end=1126
-  _globals['_MEMORYPROVENANCE']._serialized_start=1129
-  _globals['_MEMORYPROVENANCE']._serialized_end=1428
-  _globals['_SETWORKINGMEMORYREQUEST']._serialized_start=1430
-  _globals['_SETWORKINGMEMORYREQUEST']._serialized_end=1506
-  _globals['_LISTWORKINGMEMORYENTRIESREQUEST']._serialized_start=1509
-  _globals['_LISTWORKINGMEMORYENTRIESREQUEST']._serialized_end=1652
-  _globals['_LISTWORKINGMEMORYENTRIESRESPONSE']._serialized_start=1654
-  _globals['_LISTWORKINGMEMORYENTRIESRESPONSE']._serialized_end=1760
-  _globals['_GETWORKINGMEMORYENTRYREQUEST']._serialized_start=1762
-  _globals['_GETWORKINGMEMORYENTRYREQUEST']._serialized_end=1810
-  _globals['_UPDATEWORKINGMEMORYENTRYREQUEST']._serialized_start=1813
-  _globals['_UPDATEWORKINGMEMORYENTRYREQUEST']._serialized_end=1946
-  _globals['_DELETEWORKINGMEMORYENTRYREQUEST']._serialized_start=1948
-  _globals['_DELETEWORKINGMEMORYENTRYREQUEST']._serialized_end=2013
-  _globals['_CLEARWORKINGMEMORYREQUEST']._serialized_start=2015
-  _globals['_CLEARWORKINGMEMORYREQUEST']._serialized_end=2097
-  _globals['_CLEARWORKINGMEMORYRESPONSE']._serialized_start=2099
-  _globals['_CLEARWORKINGMEMORYRESPONSE']._serialized_end=2150
-  _globals['_ADDMEMORYREQUEST']._serialized_start=2152
-  _globals['_ADDMEMORYREQUEST']._serialized_end=2229
-  _globals['_SEARCHMEMORYREQUEST']._serialized_start=2232
-  _globals['_SEARCHMEMORYREQUEST']._serialized_end=2460
-  _globals['_SEARCHMEMORYRESPONSE']._serialized_start=2462
-  _globals['_SEARCHMEMORYRESPONSE']._serialized_end=2531
-  _globals['_GETPROVENANCEREQUEST']._serialized_start=2533
-  _globals['_GETPROVENANCEREQUEST']._serialized_end=2580
-  _globals['_CONSOLIDATEMEMORYREQUEST']._serialized_start=2583
-  _globals['_CONSOLIDATEMEMORYREQUEST']._serialized_end=2719
-  _globals['_CONSOLIDATEMEMORYRESPONSE']._serialized_start=2721
-  _globals['_CONSOLIDATEMEMORYRESPONSE']._serialized_end=2813
-  _globals['_MEMORYSERVICE']._serialized_start=2816
-  _globals['_MEMORYSERVICE']._serialized_end=4097
+  _globals['_MEMORYSERVICE'].methods_by_name['ConsolidateMemory']._serialized_options = b'\212\265\030\016\n\014memory.write\202\323\344\223\002\033\"\026/v1/memory/consolidate:\001*'
+  _globals['_WORKINGMEMORYENTRY']._serialized_start=249
+  _globals['_WORKINGMEMORYENTRY']._serialized_end=606
+  _globals['_MEMORY']._serialized_start=609
+  _globals['_MEMORY']._serialized_end=966
+  _globals['_MEMORYSOURCE']._serialized_start=968
+  _globals['_MEMORYSOURCE']._serialized_end=1079
+  _globals['_MEMORYSEARCHRESULT']._serialized_start=1081
+  _globals['_MEMORYSEARCHRESULT']._serialized_end=1150
+  _globals['_MEMORYPROVENANCE']._serialized_start=1153
+  _globals['_MEMORYPROVENANCE']._serialized_end=1452
+  _globals['_SETWORKINGMEMORYREQUEST']._serialized_start=1454
+  _globals['_SETWORKINGMEMORYREQUEST']._serialized_end=1530
+  _globals['_LISTWORKINGMEMORYENTRIESREQUEST']._serialized_start=1533
+  _globals['_LISTWORKINGMEMORYENTRIESREQUEST']._serialized_end=1676
+  _globals['_LISTWORKINGMEMORYENTRIESRESPONSE']._serialized_start=1678
+  _globals['_LISTWORKINGMEMORYENTRIESRESPONSE']._serialized_end=1784
+  _globals['_GETWORKINGMEMORYENTRYREQUEST']._serialized_start=1786
+  _globals['_GETWORKINGMEMORYENTRYREQUEST']._serialized_end=1834
+  _globals['_UPDATEWORKINGMEMORYENTRYREQUEST']._serialized_start=1837
+  _globals['_UPDATEWORKINGMEMORYENTRYREQUEST']._serialized_end=1970
+  _globals['_DELETEWORKINGMEMORYENTRYREQUEST']._serialized_start=1972
+  _globals['_DELETEWORKINGMEMORYENTRYREQUEST']._serialized_end=2037
+  _globals['_CLEARWORKINGMEMORYREQUEST']._serialized_start=2039
+  _globals['_CLEARWORKINGMEMORYREQUEST']._serialized_end=2121
+  _globals['_CLEARWORKINGMEMORYRESPONSE']._serialized_start=2123
+  _globals['_CLEARWORKINGMEMORYRESPONSE']._serialized_end=2174
+  _globals['_ADDMEMORYREQUEST']._serialized_start=2176
+  _globals['_ADDMEMORYREQUEST']._serialized_end=2253
+  _globals['_SEARCHMEMORYREQUEST']._serialized_start=2256
+  _globals['_SEARCHMEMORYREQUEST']._serialized_end=2484
+  _globals['_SEARCHMEMORYRESPONSE']._serialized_start=2486
+  _globals['_SEARCHMEMORYRESPONSE']._serialized_end=2555
+  _globals['_GETPROVENANCEREQUEST']._serialized_start=2557
+  _globals['_GETPROVENANCEREQUEST']._serialized_end=2604
+  _globals['_CONSOLIDATEMEMORYREQUEST']._serialized_start=2607
+  _globals['_CONSOLIDATEMEMORYREQUEST']._serialized_end=2743
+  _globals['_CONSOLIDATEMEMORYRESPONSE']._serialized_start=2745
+  _globals['_CONSOLIDATEMEMORYRESPONSE']._serialized_end=2837
+  _globals['_MEMORYSERVICE']._serialized_start=2840
+  _globals['_MEMORYSERVICE']._serialized_end=4303
 # @@protoc_insertion_point(module_scope)

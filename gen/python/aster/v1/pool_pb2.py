@@ -23,13 +23,14 @@ _sym_db = _symbol_database.Default()
 
 
 from aster.v1 import agent_pb2 as aster_dot_v1_dot_agent__pb2
+from aster.v1 import options_pb2 as aster_dot_v1_dot_options__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61ster/v1/pool.proto\x12\x08\x61ster.v1\x1a\x14\x61ster/v1/agent.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x01\n\tPoolAgent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x18.aster.v1.PoolAgentStateB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x61\x63tive_runs\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x37\n\rlast_use_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xb3\x01\n\tPoolStats\x12\x10\n\x08\x63\x61pacity\x18\x01 \x01(\x05\x12\x0c\n\x04live\x18\x02 \x01(\x05\x12\x12\n\nhibernated\x18\x03 \x01(\x05\x12\x0c\n\x04hits\x18\x04 \x01(\x03\x12\x13\n\x0b\x63old_starts\x18\x05 \x01(\x03\x12\x11\n\tevictions\x18\x06 \x01(\x03\x12\x1d\n\x15resume_latency_p50_ms\x18\x07 \x01(\x01\x12\x1d\n\x15resume_latency_p99_ms\x18\x08 \x01(\x01\"Z\n\x18\x43reatePooledAgentRequest\x12\x12\n\x08\x61gent_id\x18\x01 \x01(\tH\x00\x12 \n\x05\x61gent\x18\x02 \x01(\x0b\x32\x0f.aster.v1.AgentH\x00\x42\x08\n\x06source\"N\n\x15ListPoolAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"V\n\x16ListPoolAgentsResponse\x12#\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x13.aster.v1.PoolAgent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"-\n\x13GetPoolAgentRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"0\n\x16ResumePoolAgentRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"0\n\x16RemovePoolAgentRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x15\n\x13GetPoolStatsRequest*\xab\x01\n\x0ePoolAgentState\x12 \n\x1cPOOL_AGENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18POOL_AGENT_STATE_WARMING\x10\x01\x12\x19\n\x15POOL_AGENT_STATE_LIVE\x10\x02\x12\x1f\n\x1bPOOL_AGENT_STATE_HIBERNATED\x10\x03\x12\x1d\n\x19POOL_AGENT_STATE_DRAINING\x10\x04\x32\x92\x05\n\x0bPoolService\x12h\n\x11\x43reatePooledAgent\x12\".aster.v1.CreatePooledAgentRequest\x1a\x13.aster.v1.PoolAgent\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/pool/agents:\x01*\x12l\n\x0eListPoolAgents\x12\x1f.aster.v1.ListPoolAgentsRequest\x1a .aster.v1.ListPoolAgentsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/pool/agents\x12\x66\n\x0cGetPoolAgent\x12\x1d.aster.v1.GetPoolAgentRequest\x1a\x13.aster.v1.PoolAgent\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/pool/agents/{agent_id}\x12v\n\x0fResumePoolAgent\x12 .aster.v1.ResumePoolAgentRequest\x1a\x13.aster.v1.PoolAgent\",\x82\xd3\xe4\x93\x02&\"!/v1/pool/agents/{agent_id}/resume:\x01*\x12o\n\x0fRemovePoolAgent\x12 .aster.v1.RemovePoolAgentRequest\x1a\x16.google.protobuf.Empty\"\"\x82\xd3\xe4\x93\x02\x1c*\x1a/v1/pool/agents/{agent_id}\x12Z\n\x0cGetPoolStats\x12\x1d.aster.v1.GetPoolStatsRequest\x1a\x13.aster.v1.PoolStats\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/pool/statsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61ster/v1/pool.proto\x12\x08\x61ster.v1\x1a\x14\x61ster/v1/agent.proto\x1a\x16\x61ster/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x01\n\tPoolAgent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x18.aster.v1.PoolAgentStateB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x61\x63tive_runs\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x37\n\rlast_use_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xb3\x01\n\tPoolStats\x12\x10\n\x08\x63\x61pacity\x18\x01 \x01(\x05\x12\x0c\n\x04live\x18\x02 \x01(\x05\x12\x12\n\nhibernated\x18\x03 \x01(\x05\x12\x0c\n\x04hits\x18\x04 \x01(\x03\x12\x13\n\x0b\x63old_starts\x18\x05 \x01(\x03\x12\x11\n\tevictions\x18\x06 \x01(\x03\x12\x1d\n\x15resume_latency_p50_ms\x18\x07 \x01(\x01\x12\x1d\n\x15resume_latency_p99_ms\x18\x08 \x01(\x01\"Z\n\x18\x43reatePooledAgentRequest\x12\x12\n\x08\x61gent_id\x18\x01 \x01(\tH\x00\x12 \n\x05\x61gent\x18\x02 \x01(\x0b\x32\x0f.aster.v1.AgentH\x00\x42\x08\n\x06source\"N\n\x15ListPoolAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"V\n\x16ListPoolAgentsResponse\x12#\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x13.aster.v1.PoolAgent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"-\n\x13GetPoolAgentRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"0\n\x16ResumePoolAgentRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"0\n\x16RemovePoolAgentRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x15\n\x13GetPoolStatsRequest*\xab\x01\n\x0ePoolAgentState\x12 \n\x1cPOOL_AGENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18POOL_AGENT_STATE_WARMING\x10\x01\x12\x19\n\x15POOL_AGENT_STATE_LIVE\x10\x02\x12\x1f\n\x1bPOOL_AGENT_STATE_HIBERNATED\x10\x03\x12\x1d\n\x19POOL_AGENT_STATE_DRAINING\x10\x04\x32\xf7\x05\n\x0bPoolService\x12y\n\x11\x43reatePooledAgent\x12\".aster.v1.CreatePooledAgentRequest\x1a\x13.aster.v1.PoolAgent\"+\x8a\xb5\x18\r\n\x0bpools.write\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/pool/agents:\x01*\x12|\n\x0eListPoolAgents\x12\x1f.aster.v1.ListPoolAgentsRequest\x1a .aster.v1.ListPoolAgentsResponse\"\'\x8a\xb5\x18\x0c\n\npools.read\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/pool/agents\x12v\n\x0cGetPoolAgent\x12\x1d.aster.v1.GetPoolAgentRequest\x1a\x13.aster.v1.PoolAgent\"2\x8a\xb5\x18\x0c\n\npools.read\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/pool/agents/{agent_id}\x12\x87\x01\n\x0fResumePoolAgent\x12 .aster.v1.ResumePoolAgentRequest\x1a\x13.aster.v1.PoolAgent\"=\x8a\xb5\x18\r\n\x0bpools.write\x82\xd3\xe4\x93\x02&\"!/v1/pool/agents/{agent_id}/resume:\x01*\x12\x80\x01\n\x0fRemovePoolAgent\x12 .aster.v1.RemovePoolAgentRequest\x1a\x16.google.protobuf.Empty\"3\x8a\xb5\x18\r\n\x0bpools.write\x82\xd3\xe4\x93\x02\x1c*\x1a/v1/pool/agents/{agent_id}\x12j\n\x0cGetPoolStats\x12\x1d.aster.v1.GetPoolStatsRequest\x1a\x13.aster.v1.PoolStats\"&\x8a\xb5\x18\x0c\n\npools.read\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/pool/statsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,37 +52,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REMOVEPOOLAGENTREQUEST'].fields_by_name['agent_id']._loaded_options = None
   _globals['_REMOVEPOOLAGENTREQUEST'].fields_by_name['agent_id']._serialized_options = b'\342A\001\002'
   _globals['_POOLSERVICE'].methods_by_name['CreatePooledAgent']._loaded_options = None
-  _globals['_POOLSERVICE'].methods_by_name['CreatePooledAgent']._serialized_options = b'\202\323\344\223\002\024\"\017/v1/pool/agents:\001*'
+  _globals['_POOLSERVICE'].methods_by_name['CreatePooledAgent']._serialized_options = b'\212\265\030\r\n\013pools.write\202\323\344\223\002\024\"\017/v1/pool/agents:\001*'
   _globals['_POOLSERVICE'].methods_by_name['ListPoolAgents']._loaded_options = None
-  _globals['_POOLSERVICE'].methods_by_name['ListPoolAgents']._serialized_options = b'\202\323\344\223\002\021\022\017/v1/pool/agents'
+  _globals['_POOLSERVICE'].methods_by_name['ListPoolAgents']._serialized_options = b'\212\265\030\014\n\npools.read\202\323\344\223\002\021\022\017/v1/pool/agents'
   _globals['_POOLSERVICE'].methods_by_name['GetPoolAgent']._loaded_options = None
-  _globals['_POOLSERVICE'].methods_by_name['GetPoolAgent']._serialized_options = b'\202\323\344\223\002\034\022\032/v1/pool/agents/{agent_id}'
+  _globals['_POOLSERVICE'].methods_by_name['GetPoolAgent']._serialized_options = b'\212\265\030\014\n\npools.read\202\323\344\223\002\034\022\032/v1/pool/agents/{agent_id}'
   _globals['_POOLSERVICE'].methods_by_name['ResumePoolAgent']._loaded_options = None
-  _globals['_POOLSERVICE'].methods_by_name['ResumePoolAgent']._serialized_options = b'\202\323\344\223\002&\"!/v1/pool/agents/{agent_id}/resume:\001*'
+  _globals['_POOLSERVICE'].methods_by_name['ResumePoolAgent']._serialized_options = b'\212\265\030\r\n\013pools.write\202\323\344\223\002&\"!/v1/pool/agents/{agent_id}/resume:\001*'
   _globals['_POOLSERVICE'].methods_by_name['RemovePoolAgent']._loaded_options = None
-  _globals['_POOLSERVICE'].methods_by_name['RemovePoolAgent']._serialized_options = b'\202\323\344\223\002\034*\032/v1/pool/agents/{agent_id}'
+  _globals['_POOLSERVICE'].methods_by_name['RemovePoolAgent']._serialized_options = b'\212\265\030\r\n\013pools.write\202\323\344\223\002\034*\032/v1/pool/agents/{agent_id}'
   _globals['_POOLSERVICE'].methods_by_name['GetPoolStats']._loaded_options = None
-  _globals['_POOLSERVICE'].methods_by_name['GetPoolStats']._serialized_options = b'\202\323\344\223\002\020\022\016/v1/pool/stats'
-  _globals['_POOLAGENTSTATE']._serialized_start=1011
-  _globals['_POOLAGENTSTATE']._serialized_end=1182
-  _globals['_POOLAGENT']._serialized_start=181
-  _globals['_POOLAGENT']._serialized_end=396
-  _globals['_POOLSTATS']._serialized_start=399
-  _globals['_POOLSTATS']._serialized_end=578
-  _globals['_CREATEPOOLEDAGENTREQUEST']._serialized_start=580
-  _globals['_CREATEPOOLEDAGENTREQUEST']._serialized_end=670
-  _globals['_LISTPOOLAGENTSREQUEST']._serialized_start=672
-  _globals['_LISTPOOLAGENTSREQUEST']._serialized_end=750
-  _globals['_LISTPOOLAGENTSRESPONSE']._serialized_start=752
-  _globals['_LISTPOOLAGENTSRESPONSE']._serialized_end=838
-  _globals['_GETPOOLAGENTREQUEST']._serialized_start=840
-  _globals['_GETPOOLAGENTREQUEST']._serialized_end=885
-  _globals['_RESUMEPOOLAGENTREQUEST']._serialized_start=887
-  _globals['_RESUMEPOOLAGENTREQUEST']._serialized_end=935
-  _globals['_REMOVEPOOLAGENTREQUEST']._serialized_start=937
-  _globals['_REMOVEPOOLAGENTREQUEST']._serialized_end=985
-  _globals['_GETPOOLSTATSREQUEST']._serialized_start=987
-  _globals['_GETPOOLSTATSREQUEST']._serialized_end=1008
-  _globals['_POOLSERVICE']._serialized_start=1185
-  _globals['_POOLSERVICE']._serialized_end=1843
+  _globals['_POOLSERVICE'].methods_by_name['GetPoolStats']._serialized_options = b'\212\265\030\014\n\npools.read\202\323\344\223\002\020\022\016/v1/pool/stats'
+  _globals['_POOLAGENTSTATE']._serialized_start=1035
+  _globals['_POOLAGENTSTATE']._serialized_end=1206
+  _globals['_POOLAGENT']._serialized_start=205
+  _globals['_POOLAGENT']._serialized_end=420
+  _globals['_POOLSTATS']._serialized_start=423
+  _globals['_POOLSTATS']._serialized_end=602
+  _globals['_CREATEPOOLEDAGENTREQUEST']._serialized_start=604
+  _globals['_CREATEPOOLEDAGENTREQUEST']._serialized_end=694
+  _globals['_LISTPOOLAGENTSREQUEST']._serialized_start=696
+  _globals['_LISTPOOLAGENTSREQUEST']._serialized_end=774
+  _globals['_LISTPOOLAGENTSRESPONSE']._serialized_start=776
+  _globals['_LISTPOOLAGENTSRESPONSE']._serialized_end=862
+  _globals['_GETPOOLAGENTREQUEST']._serialized_start=864
+  _globals['_GETPOOLAGENTREQUEST']._serialized_end=909
+  _globals['_RESUMEPOOLAGENTREQUEST']._serialized_start=911
+  _globals['_RESUMEPOOLAGENTREQUEST']._serialized_end=959
+  _globals['_REMOVEPOOLAGENTREQUEST']._serialized_start=961
+  _globals['_REMOVEPOOLAGENTREQUEST']._serialized_end=1009
+  _globals['_GETPOOLSTATSREQUEST']._serialized_start=1011
+  _globals['_GETPOOLSTATSREQUEST']._serialized_end=1032
+  _globals['_POOLSERVICE']._serialized_start=1209
+  _globals['_POOLSERVICE']._serialized_end=1968
 # @@protoc_insertion_point(module_scope)

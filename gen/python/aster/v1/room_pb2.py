@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from aster.v1 import options_pb2 as aster_dot_v1_dot_options__pb2
 from aster.v1 import run_pb2 as aster_dot_v1_dot_run__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
@@ -30,7 +31,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61ster/v1/room.proto\x12\x08\x61ster.v1\x1a\x12\x61ster/v1/run.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x03\n\x04Room\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12%\n\x07members\x18\x03 \x03(\x0b\x32\x14.aster.v1.RoomMember\x12\x37\n\x12\x64ouble_text_policy\x18\x04 \x01(\x0e\x32\x1b.aster.v1.MultitaskStrategy\x12*\n\x06labels\x18\x05 \x03(\x0b\x32\x1a.aster.v1.Room.LabelsEntry\x12)\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\t \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9d\x01\n\nRoomMember\x12\x12\n\x08\x61gent_id\x18\x01 \x01(\tH\x00\x12\x18\n\x0eparticipant_id\x18\x02 \x01(\tH\x00\x12 \n\x04role\x18\x03 \x01(\x0e\x32\x12.aster.v1.RoomRole\x12\x33\n\tjoin_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\n\n\x08identity\"\xe2\x01\n\x0bRoomMessage\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x11\n\x03seq\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x12\n\x08\x61gent_id\x18\x03 \x01(\tH\x00\x12\x18\n\x0eparticipant_id\x18\x04 \x01(\tH\x00\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x10\n\x08mentions\x18\x06 \x03(\t\x12\x19\n\x0broom_run_id\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\t\n\x07speaker\"\x8c\x03\n\tRoomEvent\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07message\x18\n \x01(\x0b\x32\x15.aster.v1.RoomMessageH\x00\x12$\n\x04join\x18\x0b \x01(\x0b\x32\x14.aster.v1.RoomMemberH\x00\x12%\n\x05leave\x18\x0c \x01(\x0b\x32\x14.aster.v1.RoomMemberH\x00\x12+\n\x06typing\x18\r \x01(\x0b\x32\x19.aster.v1.RoomAgentTypingH\x00\x12)\n\x05\x64\x65lta\x18\x0e \x01(\x0b\x32\x18.aster.v1.RoomAgentDeltaH\x00\x12/\n\x0bturn_change\x18\x0f \x01(\x0b\x32\x18.aster.v1.RoomTurnChangeH\x00\x12\'\n\nrun_update\x18\x10 \x01(\x0b\x32\x11.aster.v1.RoomRunH\x00\x42\x07\n\x05\x65vent\"#\n\x0fRoomAgentTyping\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"1\n\x0eRoomAgentDelta\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\t\"E\n\x0eRoomTurnChange\x12\x13\n\x0broom_run_id\x18\x01 \x01(\t\x12\x0c\n\x04turn\x18\x02 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\"\x93\x03\n\x07RoomRun\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07room_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04task\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12.\n\x08strategy\x18\x04 \x01(\x0e\x32\x16.aster.v1.RoomStrategyB\x04\xe2\x41\x01\x03\x12\x17\n\tmax_turns\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0estop_condition\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12)\n\x06status\x18\x07 \x01(\x0e\x32\x13.aster.v1.RunStatusB\x04\xe2\x41\x01\x03\x12\x13\n\x05turns\x18\x08 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12$\n\x05usage\x18\t \x01(\x0b\x32\x0f.aster.v1.UsageB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x65rror\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"H\n\x11\x43reateRoomRequest\x12\"\n\x04room\x18\x01 \x01(\x0b\x32\x0e.aster.v1.RoomB\x04\xe2\x41\x01\x02\x12\x0f\n\x07room_id\x18\x02 \x01(\t\"I\n\x10ListRoomsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"K\n\x11ListRoomsResponse\x12\x1d\n\x05rooms\x18\x01 \x03(\x0b\x32\x0e.aster.v1.Room\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x0eGetRoomRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"3\n\x11\x44\x65leteRoomRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x84\x01\n\x0fJoinRoomRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x08\x61gent_id\x18\x02 \x01(\tH\x00\x12\x18\n\x0eparticipant_id\x18\x03 \x01(\tH\x00\x12 \n\x04role\x18\x04 \x01(\x0e\x32\x12.aster.v1.RoomRoleB\n\n\x08identity\"c\n\x10LeaveRoomRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x08\x61gent_id\x18\x02 \x01(\tH\x00\x12\x18\n\x0eparticipant_id\x18\x03 \x01(\tH\x00\x42\n\n\x08identity\"\x82\x01\n\nSayRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x08\x61gent_id\x18\x02 \x01(\tH\x00\x12\x18\n\x0eparticipant_id\x18\x03 \x01(\tH\x00\x12\x12\n\x04text\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08mentions\x18\x05 \x03(\tB\t\n\x07speaker\"R\n\x12ListMembersRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"U\n\x13ListMembersResponse\x12%\n\x07members\x18\x01 \x03(\x0b\x32\x14.aster.v1.RoomMember\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Q\n\x11GetHistoryRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x12GetHistoryResponse\x12\'\n\x08messages\x18\x01 \x03(\x0b\x32\x15.aster.v1.RoomMessage\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"=\n\x11StreamRoomRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"\x90\x01\n\x0eRunRoomRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04task\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12(\n\x08strategy\x18\x03 \x01(\x0e\x32\x16.aster.v1.RoomStrategy\x12\x11\n\tmax_turns\x18\x04 \x01(\x05\x12\x16\n\x0estop_condition\x18\x05 \x01(\t*i\n\x08RoomRole\x12\x19\n\x15ROOM_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10ROOM_ROLE_LEADER\x10\x01\x12\x14\n\x10ROOM_ROLE_WORKER\x10\x02\x12\x16\n\x12ROOM_ROLE_OBSERVER\x10\x03*\x81\x01\n\x0cRoomStrategy\x12\x1d\n\x19ROOM_STRATEGY_UNSPECIFIED\x10\x00\x12\x1d\n\x19ROOM_STRATEGY_ROUND_ROBIN\x10\x01\x12\x18\n\x14ROOM_STRATEGY_LEADER\x10\x02\x12\x19\n\x15ROOM_STRATEGY_MENTION\x10\x03\x32\xa4\x08\n\x0bRoomService\x12R\n\nCreateRoom\x12\x1b.aster.v1.CreateRoomRequest\x1a\x0e.aster.v1.Room\"\x17\x82\xd3\xe4\x93\x02\x11\"\t/v1/rooms:\x04room\x12W\n\tListRooms\x12\x1a.aster.v1.ListRoomsRequest\x1a\x1b.aster.v1.ListRoomsResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/rooms\x12K\n\x07GetRoom\x12\x18.aster.v1.GetRoomRequest\x1a\x0e.aster.v1.Room\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/rooms/{id}\x12Y\n\nDeleteRoom\x12\x1b.aster.v1.DeleteRoomRequest\x1a\x16.google.protobuf.Empty\"\x16\x82\xd3\xe4\x93\x02\x10*\x0e/v1/rooms/{id}\x12`\n\x08JoinRoom\x12\x19.aster.v1.JoinRoomRequest\x1a\x14.aster.v1.RoomMember\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/rooms/{room_id}/join:\x01*\x12\x65\n\tLeaveRoom\x12\x1a.aster.v1.LeaveRoomRequest\x1a\x16.google.protobuf.Empty\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/rooms/{room_id}/leave:\x01*\x12V\n\x03Say\x12\x14.aster.v1.SayRequest\x1a\x15.aster.v1.RoomMessage\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/rooms/{room_id}/say:\x01*\x12o\n\x0bListMembers\x12\x1c.aster.v1.ListMembersRequest\x1a\x1d.aster.v1.ListMembersResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/rooms/{room_id}/members\x12l\n\nGetHistory\x12\x1b.aster.v1.GetHistoryRequest\x1a\x1c.aster.v1.GetHistoryResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/rooms/{room_id}/history\x12\x64\n\nStreamRoom\x12\x1b.aster.v1.StreamRoomRequest\x1a\x13.aster.v1.RoomEvent\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/rooms/{room_id}/stream0\x01\x12Z\n\x07RunRoom\x12\x18.aster.v1.RunRoomRequest\x1a\x11.aster.v1.RoomRun\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/rooms/{room_id}/run:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61ster/v1/room.proto\x12\x08\x61ster.v1\x1a\x16\x61ster/v1/options.proto\x1a\x12\x61ster/v1/run.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x03\n\x04Room\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12%\n\x07members\x18\x03 \x03(\x0b\x32\x14.aster.v1.RoomMember\x12\x37\n\x12\x64ouble_text_policy\x18\x04 \x01(\x0e\x32\x1b.aster.v1.MultitaskStrategy\x12*\n\x06labels\x18\x05 \x03(\x0b\x32\x1a.aster.v1.Room.LabelsEntry\x12)\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\t \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9d\x01\n\nRoomMember\x12\x12\n\x08\x61gent_id\x18\x01 \x01(\tH\x00\x12\x18\n\x0eparticipant_id\x18\x02 \x01(\tH\x00\x12 \n\x04role\x18\x03 \x01(\x0e\x32\x12.aster.v1.RoomRole\x12\x33\n\tjoin_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\n\n\x08identity\"\xe2\x01\n\x0bRoomMessage\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x11\n\x03seq\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x12\n\x08\x61gent_id\x18\x03 \x01(\tH\x00\x12\x18\n\x0eparticipant_id\x18\x04 \x01(\tH\x00\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x10\n\x08mentions\x18\x06 \x03(\t\x12\x19\n\x0broom_run_id\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\t\n\x07speaker\"\x8c\x03\n\tRoomEvent\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07message\x18\n \x01(\x0b\x32\x15.aster.v1.RoomMessageH\x00\x12$\n\x04join\x18\x0b \x01(\x0b\x32\x14.aster.v1.RoomMemberH\x00\x12%\n\x05leave\x18\x0c \x01(\x0b\x32\x14.aster.v1.RoomMemberH\x00\x12+\n\x06typing\x18\r \x01(\x0b\x32\x19.aster.v1.RoomAgentTypingH\x00\x12)\n\x05\x64\x65lta\x18\x0e \x01(\x0b\x32\x18.aster.v1.RoomAgentDeltaH\x00\x12/\n\x0bturn_change\x18\x0f \x01(\x0b\x32\x18.aster.v1.RoomTurnChangeH\x00\x12\'\n\nrun_update\x18\x10 \x01(\x0b\x32\x11.aster.v1.RoomRunH\x00\x42\x07\n\x05\x65vent\"#\n\x0fRoomAgentTyping\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"1\n\x0eRoomAgentDelta\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\t\"E\n\x0eRoomTurnChange\x12\x13\n\x0broom_run_id\x18\x01 \x01(\t\x12\x0c\n\x04turn\x18\x02 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\"\x93\x03\n\x07RoomRun\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07room_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04task\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12.\n\x08strategy\x18\x04 \x01(\x0e\x32\x16.aster.v1.RoomStrategyB\x04\xe2\x41\x01\x03\x12\x17\n\tmax_turns\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0estop_condition\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12)\n\x06status\x18\x07 \x01(\x0e\x32\x13.aster.v1.RunStatusB\x04\xe2\x41\x01\x03\x12\x13\n\x05turns\x18\x08 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12$\n\x05usage\x18\t \x01(\x0b\x32\x0f.aster.v1.UsageB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x65rror\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"H\n\x11\x43reateRoomRequest\x12\"\n\x04room\x18\x01 \x01(\x0b\x32\x0e.aster.v1.RoomB\x04\xe2\x41\x01\x02\x12\x0f\n\x07room_id\x18\x02 \x01(\t\"I\n\x10ListRoomsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"K\n\x11ListRoomsResponse\x12\x1d\n\x05rooms\x18\x01 \x03(\x0b\x32\x0e.aster.v1.Room\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x0eGetRoomRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"3\n\x11\x44\x65leteRoomRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x84\x01\n\x0fJoinRoomRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x08\x61gent_id\x18\x02 \x01(\tH\x00\x12\x18\n\x0eparticipant_id\x18\x03 \x01(\tH\x00\x12 \n\x04role\x18\x04 \x01(\x0e\x32\x12.aster.v1.RoomRoleB\n\n\x08identity\"c\n\x10LeaveRoomRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x08\x61gent_id\x18\x02 \x01(\tH\x00\x12\x18\n\x0eparticipant_id\x18\x03 \x01(\tH\x00\x42\n\n\x08identity\"\x82\x01\n\nSayRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x08\x61gent_id\x18\x02 \x01(\tH\x00\x12\x18\n\x0eparticipant_id\x18\x03 \x01(\tH\x00\x12\x12\n\x04text\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08mentions\x18\x05 \x03(\tB\t\n\x07speaker\"R\n\x12ListMembersRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"U\n\x13ListMembersResponse\x12%\n\x07members\x18\x01 \x03(\x0b\x32\x14.aster.v1.RoomMember\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Q\n\x11GetHistoryRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x12GetHistoryResponse\x12\'\n\x08messages\x18\x01 \x03(\x0b\x32\x15.aster.v1.RoomMessage\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"=\n\x11StreamRoomRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"\x90\x01\n\x0eRunRoomRequest\x12\x15\n\x07room_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04task\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12(\n\x08strategy\x18\x03 \x01(\x0e\x32\x16.aster.v1.RoomStrategy\x12\x11\n\tmax_turns\x18\x04 \x01(\x05\x12\x16\n\x0estop_condition\x18\x05 \x01(\t*i\n\x08RoomRole\x12\x19\n\x15ROOM_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10ROOM_ROLE_LEADER\x10\x01\x12\x14\n\x10ROOM_ROLE_WORKER\x10\x02\x12\x16\n\x12ROOM_ROLE_OBSERVER\x10\x03*\x81\x01\n\x0cRoomStrategy\x12\x1d\n\x19ROOM_STRATEGY_UNSPECIFIED\x10\x00\x12\x1d\n\x19ROOM_STRATEGY_ROUND_ROBIN\x10\x01\x12\x18\n\x14ROOM_STRATEGY_LEADER\x10\x02\x12\x19\n\x15ROOM_STRATEGY_MENTION\x10\x03\x32\xda\t\n\x0bRoomService\x12\x63\n\nCreateRoom\x12\x1b.aster.v1.CreateRoomRequest\x1a\x0e.aster.v1.Room\"(\x8a\xb5\x18\r\n\x0brooms.write\x82\xd3\xe4\x93\x02\x11\"\t/v1/rooms:\x04room\x12g\n\tListRooms\x12\x1a.aster.v1.ListRoomsRequest\x1a\x1b.aster.v1.ListRoomsResponse\"!\x8a\xb5\x18\x0c\n\nrooms.read\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/rooms\x12[\n\x07GetRoom\x12\x18.aster.v1.GetRoomRequest\x1a\x0e.aster.v1.Room\"&\x8a\xb5\x18\x0c\n\nrooms.read\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/rooms/{id}\x12j\n\nDeleteRoom\x12\x1b.aster.v1.DeleteRoomRequest\x1a\x16.google.protobuf.Empty\"\'\x8a\xb5\x18\r\n\x0brooms.write\x82\xd3\xe4\x93\x02\x10*\x0e/v1/rooms/{id}\x12q\n\x08JoinRoom\x12\x19.aster.v1.JoinRoomRequest\x1a\x14.aster.v1.RoomMember\"4\x8a\xb5\x18\r\n\x0brooms.write\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/rooms/{room_id}/join:\x01*\x12v\n\tLeaveRoom\x12\x1a.aster.v1.LeaveRoomRequest\x1a\x16.google.protobuf.Empty\"5\x8a\xb5\x18\r\n\x0brooms.write\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/rooms/{room_id}/leave:\x01*\x12g\n\x03Say\x12\x14.aster.v1.SayRequest\x1a\x15.aster.v1.RoomMessage\"3\x8a\xb5\x18\r\n\x0brooms.write\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/rooms/{room_id}/say:\x01*\x12\x7f\n\x0bListMembers\x12\x1c.aster.v1.ListMembersRequest\x1a\x1d.aster.v1.ListMembersResponse\"3\x8a\xb5\x18\x0c\n\nrooms.read\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/rooms/{room_id}/members\x12|\n\nGetHistory\x12\x1b.aster.v1.GetHistoryRequest\x1a\x1c.aster.v1.GetHistoryResponse\"3\x8a\xb5\x18\x0c\n\nrooms.read\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/rooms/{room_id}/history\x12t\n\nStreamRoom\x12\x1b.aster.v1.StreamRoomRequest\x1a\x13.aster.v1.RoomEvent\"2\x8a\xb5\x18\x0c\n\nrooms.read\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/rooms/{room_id}/stream0\x01\x12k\n\x07RunRoom\x12\x18.aster.v1.RunRoomRequest\x1a\x11.aster.v1.RoomRun\"3\x8a\xb5\x18\r\n\x0brooms.write\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/rooms/{room_id}/run:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -106,77 +107,77 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNROOMREQUEST'].fields_by_name['task']._loaded_options = None
   _globals['_RUNROOMREQUEST'].fields_by_name['task']._serialized_options = b'\342A\001\002'
   _globals['_ROOMSERVICE'].methods_by_name['CreateRoom']._loaded_options = None
-  _globals['_ROOMSERVICE'].methods_by_name['CreateRoom']._serialized_options = b'\202\323\344\223\002\021\"\t/v1/rooms:\004room'
+  _globals['_ROOMSERVICE'].methods_by_name['CreateRoom']._serialized_options = b'\212\265\030\r\n\013rooms.write\202\323\344\223\002\021\"\t/v1/rooms:\004room'
   _globals['_ROOMSERVICE'].methods_by_name['ListRooms']._loaded_options = None
-  _globals['_ROOMSERVICE'].methods_by_name['ListRooms']._serialized_options = b'\202\323\344\223\002\013\022\t/v1/rooms'
+  _globals['_ROOMSERVICE'].methods_by_name['ListRooms']._serialized_options = b'\212\265\030\014\n\nrooms.read\202\323\344\223\002\013\022\t/v1/rooms'
   _globals['_ROOMSERVICE'].methods_by_name['GetRoom']._loaded_options = None
-  _globals['_ROOMSERVICE'].methods_by_name['GetRoom']._serialized_options = b'\202\323\344\223\002\020\022\016/v1/rooms/{id}'
+  _globals['_ROOMSERVICE'].methods_by_name['GetRoom']._serialized_options = b'\212\265\030\014\n\nrooms.read\202\323\344\223\002\020\022\016/v1/rooms/{id}'
   _globals['_ROOMSERVICE'].methods_by_name['DeleteRoom']._loaded_options = None
-  _globals['_ROOMSERVICE'].methods_by_name['DeleteRoom']._serialized_options = b'\202\323\344\223\002\020*\016/v1/rooms/{id}'
+  _globals['_ROOMSERVICE'].methods_by_name['DeleteRoom']._serialized_options = b'\212\265\030\r\n\013rooms.write\202\323\344\223\002\020*\016/v1/rooms/{id}'
   _globals['_ROOMSERVICE'].methods_by_name['JoinRoom']._loaded_options = None
-  _globals['_ROOMSERVICE'].methods_by_name['JoinRoom']._serialized_options = b'\202\323\344\223\002\035\"\030/v1/rooms/{room_id}/join:\001*'
+  _globals['_ROOMSERVICE'].methods_by_name['JoinRoom']._serialized_options = b'\212\265\030\r\n\013rooms.write\202\323\344\223\002\035\"\030/v1/rooms/{room_id}/join:\001*'
   _globals['_ROOMSERVICE'].methods_by_name['LeaveRoom']._loaded_options = None
-  _globals['_ROOMSERVICE'].methods_by_name['LeaveRoom']._serialized_options = b'\202\323\344\223\002\036\"\031/v1/rooms/{room_id}/leave:\001*'
+  _globals['_ROOMSERVICE'].methods_by_name['LeaveRoom']._serialized_options = b'\212\265\030\r\n\013rooms.write\202\323\344\223\002\036\"\031/v1/rooms/{room_id}/leave:\001*'
   _globals['_ROOMSERVICE'].methods_by_name['Say']._loaded_options = None
-  _globals['_ROOMSERVICE'].methods_by_name['Say']._serialized_options = b'\202\323\344\223\002\034\"\027/v1/rooms/{room_id}/say:\001*'
+  _globals['_ROOMSERVICE'].methods_by_name['Say']._serialized_options = b'\212\265\030\r\n\013rooms.write\202\323\344\223\002\034\"\027/v1/rooms/{room_id}/say:\001*'
   _globals['_ROOMSERVICE'].methods_by_name['ListMembers']._loaded_options = None
-  _globals['_ROOMSERVICE'].methods_by_name['ListMembers']._serialized_options = b'\202\323\344\223\002\035\022\033/v1/rooms/{room_id}/members'
+  _globals['_ROOMSERVICE'].methods_by_name['ListMembers']._serialized_options = b'\212\265\030\014\n\nrooms.read\202\323\344\223\002\035\022\033/v1/rooms/{room_id}/members'
   _globals['_ROOMSERVICE'].methods_by_name['GetHistory']._loaded_options = None
-  _globals['_ROOMSERVICE'].methods_by_name['GetHistory']._serialized_options = b'\202\323\344\223\002\035\022\033/v1/rooms/{room_id}/history'
+  _globals['_ROOMSERVICE'].methods_by_name['GetHistory']._serialized_options = b'\212\265\030\014\n\nrooms.read\202\323\344\223\002\035\022\033/v1/rooms/{room_id}/history'
   _globals['_ROOMSERVICE'].methods_by_name['StreamRoom']._loaded_options = None
-  _globals['_ROOMSERVICE'].methods_by_name['StreamRoom']._serialized_options = b'\202\323\344\223\002\034\022\032/v1/rooms/{room_id}/stream'
+  _globals['_ROOMSERVICE'].methods_by_name['StreamRoom']._serialized_options = b'\212\265\030\014\n\nrooms.read\202\323\344\223\002\034\022\032/v1/rooms/{room_id}/stream'
   _globals['_ROOMSERVICE'].methods_by_name['RunRoom']._loaded_options = None
-  _globals['_ROOMSERVICE'].methods_by_name['RunRoom']._serialized_options = b'\202\323\344\223\002\034\"\027/v1/rooms/{room_id}/run:\001*'
-  _globals['_ROOMROLE']._serialized_start=3206
-  _globals['_ROOMROLE']._serialized_end=3311
-  _globals['_ROOMSTRATEGY']._serialized_start=3314
-  _globals['_ROOMSTRATEGY']._serialized_end=3443
-  _globals['_ROOM']._serialized_start=209
-  _globals['_ROOM']._serialized_end=615
-  _globals['_ROOM_LABELSENTRY']._serialized_start=570
-  _globals['_ROOM_LABELSENTRY']._serialized_end=615
-  _globals['_ROOMMEMBER']._serialized_start=618
-  _globals['_ROOMMEMBER']._serialized_end=775
-  _globals['_ROOMMESSAGE']._serialized_start=778
-  _globals['_ROOMMESSAGE']._serialized_end=1004
-  _globals['_ROOMEVENT']._serialized_start=1007
-  _globals['_ROOMEVENT']._serialized_end=1403
-  _globals['_ROOMAGENTTYPING']._serialized_start=1405
-  _globals['_ROOMAGENTTYPING']._serialized_end=1440
-  _globals['_ROOMAGENTDELTA']._serialized_start=1442
-  _globals['_ROOMAGENTDELTA']._serialized_end=1491
-  _globals['_ROOMTURNCHANGE']._serialized_start=1493
-  _globals['_ROOMTURNCHANGE']._serialized_end=1562
-  _globals['_ROOMRUN']._serialized_start=1565
-  _globals['_ROOMRUN']._serialized_end=1968
-  _globals['_CREATEROOMREQUEST']._serialized_start=1970
-  _globals['_CREATEROOMREQUEST']._serialized_end=2042
-  _globals['_LISTROOMSREQUEST']._serialized_start=2044
-  _globals['_LISTROOMSREQUEST']._serialized_end=2117
-  _globals['_LISTROOMSRESPONSE']._serialized_start=2119
-  _globals['_LISTROOMSRESPONSE']._serialized_end=2194
-  _globals['_GETROOMREQUEST']._serialized_start=2196
-  _globals['_GETROOMREQUEST']._serialized_end=2230
-  _globals['_DELETEROOMREQUEST']._serialized_start=2232
-  _globals['_DELETEROOMREQUEST']._serialized_end=2283
-  _globals['_JOINROOMREQUEST']._serialized_start=2286
-  _globals['_JOINROOMREQUEST']._serialized_end=2418
-  _globals['_LEAVEROOMREQUEST']._serialized_start=2420
-  _globals['_LEAVEROOMREQUEST']._serialized_end=2519
-  _globals['_SAYREQUEST']._serialized_start=2522
-  _globals['_SAYREQUEST']._serialized_end=2652
-  _globals['_LISTMEMBERSREQUEST']._serialized_start=2654
-  _globals['_LISTMEMBERSREQUEST']._serialized_end=2736
-  _globals['_LISTMEMBERSRESPONSE']._serialized_start=2738
-  _globals['_LISTMEMBERSRESPONSE']._serialized_end=2823
-  _globals['_GETHISTORYREQUEST']._serialized_start=2825
-  _globals['_GETHISTORYREQUEST']._serialized_end=2906
-  _globals['_GETHISTORYRESPONSE']._serialized_start=2908
-  _globals['_GETHISTORYRESPONSE']._serialized_end=2994
-  _globals['_STREAMROOMREQUEST']._serialized_start=2996
-  _globals['_STREAMROOMREQUEST']._serialized_end=3057
-  _globals['_RUNROOMREQUEST']._serialized_start=3060
-  _globals['_RUNROOMREQUEST']._serialized_end=3204
-  _globals['_ROOMSERVICE']._serialized_start=3446
-  _globals['_ROOMSERVICE']._serialized_end=4506
+  _globals['_ROOMSERVICE'].methods_by_name['RunRoom']._serialized_options = b'\212\265\030\r\n\013rooms.write\202\323\344\223\002\034\"\027/v1/rooms/{room_id}/run:\001*'
+  _globals['_ROOMROLE']._serialized_start=3230
+  _globals['_ROOMROLE']._serialized_end=3335
+  _globals['_ROOMSTRATEGY']._serialized_start=3338
+  _globals['_ROOMSTRATEGY']._serialized_end=3467
+  _globals['_ROOM']._serialized_start=233
+  _globals['_ROOM']._serialized_end=639
+  _globals['_ROOM_LABELSENTRY']._serialized_start=594
+  _globals['_ROOM_LABELSENTRY']._serialized_end=639
+  _globals['_ROOMMEMBER']._serialized_start=642
+  _globals['_ROOMMEMBER']._serialized_end=799
+  _globals['_ROOMMESSAGE']._serialized_start=802
+  _globals['_ROOMMESSAGE']._serialized_end=1028
+  _globals['_ROOMEVENT']._serialized_start=1031
+  _globals['_ROOMEVENT']._serialized_end=1427
+  _globals['_ROOMAGENTTYPING']._serialized_start=1429
+  _globals['_ROOMAGENTTYPING']._serialized_end=1464
+  _globals['_ROOMAGENTDELTA']._serialized_start=1466
+  _globals['_ROOMAGENTDELTA']._serialized_end=1515
+  _globals['_ROOMTURNCHANGE']._serialized_start=1517
+  _globals['_ROOMTURNCHANGE']._serialized_end=1586
+  _globals['_ROOMRUN']._serialized_start=1589
+  _globals['_ROOMRUN']._serialized_end=1992
+  _globals['_CREATEROOMREQUEST']._serialized_start=1994
+  _globals['_CREATEROOMREQUEST']._serialized_end=2066
+  _globals['_LISTROOMSREQUEST']._serialized_start=2068
+  _globals['_LISTROOMSREQUEST']._serialized_end=2141
+  _globals['_LISTROOMSRESPONSE']._serialized_start=2143
+  _globals['_LISTROOMSRESPONSE']._serialized_end=2218
+  _globals['_GETROOMREQUEST']._serialized_start=2220
+  _globals['_GETROOMREQUEST']._serialized_end=2254
+  _globals['_DELETEROOMREQUEST']._serialized_start=2256
+  _globals['_DELETEROOMREQUEST']._serialized_end=2307
+  _globals['_JOINROOMREQUEST']._serialized_start=2310
+  _globals['_JOINROOMREQUEST']._serialized_end=2442
+  _globals['_LEAVEROOMREQUEST']._serialized_start=2444
+  _globals['_LEAVEROOMREQUEST']._serialized_end=2543
+  _globals['_SAYREQUEST']._serialized_start=2546
+  _globals['_SAYREQUEST']._serialized_end=2676
+  _globals['_LISTMEMBERSREQUEST']._serialized_start=2678
+  _globals['_LISTMEMBERSREQUEST']._serialized_end=2760
+  _globals['_LISTMEMBERSRESPONSE']._serialized_start=2762
+  _globals['_LISTMEMBERSRESPONSE']._serialized_end=2847
+  _globals['_GETHISTORYREQUEST']._serialized_start=2849
+  _globals['_GETHISTORYREQUEST']._serialized_end=2930
+  _globals['_GETHISTORYRESPONSE']._serialized_start=2932
+  _globals['_GETHISTORYRESPONSE']._serialized_end=3018
+  _globals['_STREAMROOMREQUEST']._serialized_start=3020
+  _globals['_STREAMROOMREQUEST']._serialized_end=3081
+  _globals['_RUNROOMREQUEST']._serialized_start=3084
+  _globals['_RUNROOMREQUEST']._serialized_end=3228
+  _globals['_ROOMSERVICE']._serialized_start=3470
+  _globals['_ROOMSERVICE']._serialized_end=4712
 # @@protoc_insertion_point(module_scope)

@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from aster.v1 import options_pb2 as aster_dot_v1_dot_options__pb2
 from aster.v1 import run_pb2 as aster_dot_v1_dot_run__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
@@ -31,7 +32,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61ster/v1/session.proto\x12\x08\x61ster.v1\x1a\x12\x61ster/v1/run.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x93\x03\n\x07Session\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x16\n\x08\x61gent_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12-\n\x06labels\x18\x04 \x03(\x0b\x32\x1d.aster.v1.Session.LabelsEntry\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1f\n\x11parent_session_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\"\n\x14parent_checkpoint_id\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\n \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x02\n\nCheckpoint\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nsession_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06run_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04turn\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1b\n\rmessage_count\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1d\n\x0flast_message_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12,\n\x05state\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xa4\x01\n\x0cSessionStats\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rmessage_count\x18\x02 \x01(\x03\x12\x11\n\trun_count\x18\x03 \x01(\x03\x12\x1e\n\x05usage\x18\x04 \x01(\x0b\x32\x0f.aster.v1.Usage\x12\x36\n\x12last_activity_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x14\x43reateSessionRequest\x12(\n\x07session\x18\x01 \x01(\x0b\x32\x11.aster.v1.SessionB\x04\xe2\x41\x01\x02\x12\x12\n\nsession_id\x18\x02 \x01(\t\"L\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"T\n\x14ListSessionsResponse\x12#\n\x08sessions\x18\x01 \x03(\x0b\x32\x11.aster.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x11GetSessionRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"q\n\x14UpdateSessionRequest\x12(\n\x07session\x18\x01 \x01(\x0b\x32\x11.aster.v1.SessionB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"6\n\x14\x44\x65leteSessionRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"}\n\x13ListMessagesRequest\x12\x18\n\nsession_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12%\n\x05order\x18\x04 \x01(\x0e\x32\x16.aster.v1.MessageOrder\"T\n\x14ListMessagesResponse\x12#\n\x08messages\x18\x01 \x03(\x0b\x32\x11.aster.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Y\n\x16ListCheckpointsRequest\x12\x18\n\nsession_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x17ListCheckpointsResponse\x12)\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x14.aster.v1.Checkpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"G\n\x14ResumeSessionRequest\x12\x18\n\nsession_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\rcheckpoint_id\x18\x02 \x01(\t\"e\n\x15ResumeSessionResponse\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.aster.v1.Session\x12(\n\ncheckpoint\x18\x02 \x01(\x0b\x32\x14.aster.v1.Checkpoint\"]\n\x12\x46orkSessionRequest\x12\x18\n\nsession_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\rcheckpoint_id\x18\x02 \x01(\t\x12\x16\n\x0enew_session_id\x18\x03 \x01(\t\"2\n\x16GetSessionStatsRequest\x12\x18\n\nsession_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02*m\n\x0cMessageOrder\x12\x1d\n\x19MESSAGE_ORDER_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMESSAGE_ORDER_OLDEST_FIRST\x10\x01\x12\x1e\n\x1aMESSAGE_ORDER_NEWEST_FIRST\x10\x02\x32\xe8\x08\n\x0eSessionService\x12\x61\n\rCreateSession\x12\x1e.aster.v1.CreateSessionRequest\x1a\x11.aster.v1.Session\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x0c/v1/sessions:\x07session\x12\x63\n\x0cListSessions\x12\x1d.aster.v1.ListSessionsRequest\x1a\x1e.aster.v1.ListSessionsResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/sessions\x12W\n\nGetSession\x12\x1b.aster.v1.GetSessionRequest\x1a\x11.aster.v1.Session\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/sessions/{id}\x12n\n\rUpdateSession\x12\x1e.aster.v1.UpdateSessionRequest\x1a\x11.aster.v1.Session\"*\x82\xd3\xe4\x93\x02$2\x19/v1/sessions/{session.id}:\x07session\x12\x62\n\rDeleteSession\x12\x1e.aster.v1.DeleteSessionRequest\x1a\x16.google.protobuf.Empty\"\x19\x82\xd3\xe4\x93\x02\x13*\x11/v1/sessions/{id}\x12y\n\x0cListMessages\x12\x1d.aster.v1.ListMessagesRequest\x1a\x1e.aster.v1.ListMessagesResponse\"*\x82\xd3\xe4\x93\x02$\x12\"/v1/sessions/{session_id}/messages\x12\x85\x01\n\x0fListCheckpoints\x12 .aster.v1.ListCheckpointsRequest\x1a!.aster.v1.ListCheckpointsResponse\"-\x82\xd3\xe4\x93\x02\'\x12%/v1/sessions/{session_id}/checkpoints\x12}\n\rResumeSession\x12\x1e.aster.v1.ResumeSessionRequest\x1a\x1f.aster.v1.ResumeSessionResponse\"+\x82\xd3\xe4\x93\x02%\" /v1/sessions/{session_id}/resume:\x01*\x12i\n\x0b\x46orkSession\x12\x1c.aster.v1.ForkSessionRequest\x1a\x11.aster.v1.Session\")\x82\xd3\xe4\x93\x02#\"\x1e/v1/sessions/{session_id}/fork:\x01*\x12t\n\x0fGetSessionStats\x12 .aster.v1.GetSessionStatsRequest\x1a\x16.aster.v1.SessionStats\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/sessions/{session_id}/statsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61ster/v1/session.proto\x12\x08\x61ster.v1\x1a\x16\x61ster/v1/options.proto\x1a\x12\x61ster/v1/run.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x93\x03\n\x07Session\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x16\n\x08\x61gent_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12-\n\x06labels\x18\x04 \x03(\x0b\x32\x1d.aster.v1.Session.LabelsEntry\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1f\n\x11parent_session_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\"\n\x14parent_checkpoint_id\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\n \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x02\n\nCheckpoint\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\nsession_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06run_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04turn\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1b\n\rmessage_count\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1d\n\x0flast_message_id\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12,\n\x05state\x18\x07 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xa4\x01\n\x0cSessionStats\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rmessage_count\x18\x02 \x01(\x03\x12\x11\n\trun_count\x18\x03 \x01(\x03\x12\x1e\n\x05usage\x18\x04 \x01(\x0b\x32\x0f.aster.v1.Usage\x12\x36\n\x12last_activity_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x14\x43reateSessionRequest\x12(\n\x07session\x18\x01 \x01(\x0b\x32\x11.aster.v1.SessionB\x04\xe2\x41\x01\x02\x12\x12\n\nsession_id\x18\x02 \x01(\t\"L\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"T\n\x14ListSessionsResponse\x12#\n\x08sessions\x18\x01 \x03(\x0b\x32\x11.aster.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x11GetSessionRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"q\n\x14UpdateSessionRequest\x12(\n\x07session\x18\x01 \x01(\x0b\x32\x11.aster.v1.SessionB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"6\n\x14\x44\x65leteSessionRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"}\n\x13ListMessagesRequest\x12\x18\n\nsession_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12%\n\x05order\x18\x04 \x01(\x0e\x32\x16.aster.v1.MessageOrder\"T\n\x14ListMessagesResponse\x12#\n\x08messages\x18\x01 \x03(\x0b\x32\x11.aster.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Y\n\x16ListCheckpointsRequest\x12\x18\n\nsession_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x17ListCheckpointsResponse\x12)\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x14.aster.v1.Checkpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"G\n\x14ResumeSessionRequest\x12\x18\n\nsession_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\rcheckpoint_id\x18\x02 \x01(\t\"e\n\x15ResumeSessionResponse\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.aster.v1.Session\x12(\n\ncheckpoint\x18\x02 \x01(\x0b\x32\x14.aster.v1.Checkpoint\"]\n\x12\x46orkSessionRequest\x12\x18\n\nsession_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\rcheckpoint_id\x18\x02 \x01(\t\x12\x16\n\x0enew_session_id\x18\x03 \x01(\t\"2\n\x16GetSessionStatsRequest\x12\x18\n\nsession_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02*m\n\x0cMessageOrder\x12\x1d\n\x19MESSAGE_ORDER_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMESSAGE_ORDER_OLDEST_FIRST\x10\x01\x12\x1e\n\x1aMESSAGE_ORDER_NEWEST_FIRST\x10\x02\x32\xaf\n\n\x0eSessionService\x12u\n\rCreateSession\x12\x1e.aster.v1.CreateSessionRequest\x1a\x11.aster.v1.Session\"1\x8a\xb5\x18\x10\n\x0esessions.write\x82\xd3\xe4\x93\x02\x17\"\x0c/v1/sessions:\x07session\x12v\n\x0cListSessions\x12\x1d.aster.v1.ListSessionsRequest\x1a\x1e.aster.v1.ListSessionsResponse\"\'\x8a\xb5\x18\x0f\n\rsessions.read\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/sessions\x12j\n\nGetSession\x12\x1b.aster.v1.GetSessionRequest\x1a\x11.aster.v1.Session\",\x8a\xb5\x18\x0f\n\rsessions.read\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/sessions/{id}\x12\x82\x01\n\rUpdateSession\x12\x1e.aster.v1.UpdateSessionRequest\x1a\x11.aster.v1.Session\">\x8a\xb5\x18\x10\n\x0esessions.write\x82\xd3\xe4\x93\x02$2\x19/v1/sessions/{session.id}:\x07session\x12v\n\rDeleteSession\x12\x1e.aster.v1.DeleteSessionRequest\x1a\x16.google.protobuf.Empty\"-\x8a\xb5\x18\x10\n\x0esessions.write\x82\xd3\xe4\x93\x02\x13*\x11/v1/sessions/{id}\x12\x8c\x01\n\x0cListMessages\x12\x1d.aster.v1.ListMessagesRequest\x1a\x1e.aster.v1.ListMessagesResponse\"=\x8a\xb5\x18\x0f\n\rsessions.read\x82\xd3\xe4\x93\x02$\x12\"/v1/sessions/{session_id}/messages\x12\x98\x01\n\x0fListCheckpoints\x12 .aster.v1.ListCheckpointsRequest\x1a!.aster.v1.ListCheckpointsResponse\"@\x8a\xb5\x18\x0f\n\rsessions.read\x82\xd3\xe4\x93\x02\'\x12%/v1/sessions/{session_id}/checkpoints\x12\x91\x01\n\rResumeSession\x12\x1e.aster.v1.ResumeSessionRequest\x1a\x1f.aster.v1.ResumeSessionResponse\"?\x8a\xb5\x18\x10\n\x0esessions.write\x82\xd3\xe4\x93\x02%\" /v1/sessions/{session_id}/resume:\x01*\x12}\n\x0b\x46orkSession\x12\x1c.aster.v1.ForkSessionRequest\x1a\x11.aster.v1.Session\"=\x8a\xb5\x18\x10\n\x0esessions.write\x82\xd3\xe4\x93\x02#\"\x1e/v1/sessions/{session_id}/fork:\x01*\x12\x87\x01\n\x0fGetSessionStats\x12 .aster.v1.GetSessionStatsRequest\x1a\x16.aster.v1.SessionStats\":\x8a\xb5\x18\x0f\n\rsessions.read\x82\xd3\xe4\x93\x02!\x12\x1f/v1/sessions/{session_id}/statsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -87,63 +88,63 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSESSIONSTATSREQUEST'].fields_by_name['session_id']._loaded_options = None
   _globals['_GETSESSIONSTATSREQUEST'].fields_by_name['session_id']._serialized_options = b'\342A\001\002'
   _globals['_SESSIONSERVICE'].methods_by_name['CreateSession']._loaded_options = None
-  _globals['_SESSIONSERVICE'].methods_by_name['CreateSession']._serialized_options = b'\202\323\344\223\002\027\"\014/v1/sessions:\007session'
+  _globals['_SESSIONSERVICE'].methods_by_name['CreateSession']._serialized_options = b'\212\265\030\020\n\016sessions.write\202\323\344\223\002\027\"\014/v1/sessions:\007session'
   _globals['_SESSIONSERVICE'].methods_by_name['ListSessions']._loaded_options = None
-  _globals['_SESSIONSERVICE'].methods_by_name['ListSessions']._serialized_options = b'\202\323\344\223\002\016\022\014/v1/sessions'
+  _globals['_SESSIONSERVICE'].methods_by_name['ListSessions']._serialized_options = b'\212\265\030\017\n\rsessions.read\202\323\344\223\002\016\022\014/v1/sessions'
   _globals['_SESSIONSERVICE'].methods_by_name['GetSession']._loaded_options = None
-  _globals['_SESSIONSERVICE'].methods_by_name['GetSession']._serialized_options = b'\202\323\344\223\002\023\022\021/v1/sessions/{id}'
+  _globals['_SESSIONSERVICE'].methods_by_name['GetSession']._serialized_options = b'\212\265\030\017\n\rsessions.read\202\323\344\223\002\023\022\021/v1/sessions/{id}'
   _globals['_SESSIONSERVICE'].methods_by_name['UpdateSession']._loaded_options = None
-  _globals['_SESSIONSERVICE'].methods_by_name['UpdateSession']._serialized_options = b'\202\323\344\223\002$2\031/v1/sessions/{session.id}:\007session'
+  _globals['_SESSIONSERVICE'].methods_by_name['UpdateSession']._serialized_options = b'\212\265\030\020\n\016sessions.write\202\323\344\223\002$2\031/v1/sessions/{session.id}:\007session'
   _globals['_SESSIONSERVICE'].methods_by_name['DeleteSession']._loaded_options = None
-  _globals['_SESSIONSERVICE'].methods_by_name['DeleteSession']._serialized_options = b'\202\323\344\223\002\023*\021/v1/sessions/{id}'
+  _globals['_SESSIONSERVICE'].methods_by_name['DeleteSession']._serialized_options = b'\212\265\030\020\n\016sessions.write\202\323\344\223\002\023*\021/v1/sessions/{id}'
   _globals['_SESSIONSERVICE'].methods_by_name['ListMessages']._loaded_options = None
-  _globals['_SESSIONSERVICE'].methods_by_name['ListMessages']._serialized_options = b'\202\323\344\223\002$\022\"/v1/sessions/{session_id}/messages'
+  _globals['_SESSIONSERVICE'].methods_by_name['ListMessages']._serialized_options = b'\212\265\030\017\n\rsessions.read\202\323\344\223\002$\022\"/v1/sessions/{session_id}/messages'
   _globals['_SESSIONSERVICE'].methods_by_name['ListCheckpoints']._loaded_options = None
-  _globals['_SESSIONSERVICE'].methods_by_name['ListCheckpoints']._serialized_options = b'\202\323\344\223\002\'\022%/v1/sessions/{session_id}/checkpoints'
+  _globals['_SESSIONSERVICE'].methods_by_name['ListCheckpoints']._serialized_options = b'\212\265\030\017\n\rsessions.read\202\323\344\223\002\'\022%/v1/sessions/{session_id}/checkpoints'
   _globals['_SESSIONSERVICE'].methods_by_name['ResumeSession']._loaded_options = None
-  _globals['_SESSIONSERVICE'].methods_by_name['ResumeSession']._serialized_options = b'\202\323\344\223\002%\" /v1/sessions/{session_id}/resume:\001*'
+  _globals['_SESSIONSERVICE'].methods_by_name['ResumeSession']._serialized_options = b'\212\265\030\020\n\016sessions.write\202\323\344\223\002%\" /v1/sessions/{session_id}/resume:\001*'
   _globals['_SESSIONSERVICE'].methods_by_name['ForkSession']._loaded_options = None
-  _globals['_SESSIONSERVICE'].methods_by_name['ForkSession']._serialized_options = b'\202\323\344\223\002#\"\036/v1/sessions/{session_id}/fork:\001*'
+  _globals['_SESSIONSERVICE'].methods_by_name['ForkSession']._serialized_options = b'\212\265\030\020\n\016sessions.write\202\323\344\223\002#\"\036/v1/sessions/{session_id}/fork:\001*'
   _globals['_SESSIONSERVICE'].methods_by_name['GetSessionStats']._loaded_options = None
-  _globals['_SESSIONSERVICE'].methods_by_name['GetSessionStats']._serialized_options = b'\202\323\344\223\002!\022\037/v1/sessions/{session_id}/stats'
-  _globals['_MESSAGEORDER']._serialized_start=2262
-  _globals['_MESSAGEORDER']._serialized_end=2371
-  _globals['_SESSION']._serialized_start=246
-  _globals['_SESSION']._serialized_end=649
-  _globals['_SESSION_LABELSENTRY']._serialized_start=604
-  _globals['_SESSION_LABELSENTRY']._serialized_end=649
-  _globals['_CHECKPOINT']._serialized_start=652
-  _globals['_CHECKPOINT']._serialized_end=911
-  _globals['_SESSIONSTATS']._serialized_start=914
-  _globals['_SESSIONSTATS']._serialized_end=1078
-  _globals['_CREATESESSIONREQUEST']._serialized_start=1080
-  _globals['_CREATESESSIONREQUEST']._serialized_end=1164
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=1166
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=1242
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1244
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1328
-  _globals['_GETSESSIONREQUEST']._serialized_start=1330
-  _globals['_GETSESSIONREQUEST']._serialized_end=1367
-  _globals['_UPDATESESSIONREQUEST']._serialized_start=1369
-  _globals['_UPDATESESSIONREQUEST']._serialized_end=1482
-  _globals['_DELETESESSIONREQUEST']._serialized_start=1484
-  _globals['_DELETESESSIONREQUEST']._serialized_end=1538
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=1540
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=1665
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1667
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1751
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=1753
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=1842
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=1844
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=1937
-  _globals['_RESUMESESSIONREQUEST']._serialized_start=1939
-  _globals['_RESUMESESSIONREQUEST']._serialized_end=2010
-  _globals['_RESUMESESSIONRESPONSE']._serialized_start=2012
-  _globals['_RESUMESESSIONRESPONSE']._serialized_end=2113
-  _globals['_FORKSESSIONREQUEST']._serialized_start=2115
-  _globals['_FORKSESSIONREQUEST']._serialized_end=2208
-  _globals['_GETSESSIONSTATSREQUEST']._serialized_start=2210
-  _globals['_GETSESSIONSTATSREQUEST']._serialized_end=2260
-  _globals['_SESSIONSERVICE']._serialized_start=2374
-  _globals['_SESSIONSERVICE']._serialized_end=3502
+  _globals['_SESSIONSERVICE'].methods_by_name['GetSessionStats']._serialized_options = b'\212\265\030\017\n\rsessions.read\202\323\344\223\002!\022\037/v1/sessions/{session_id}/stats'
+  _globals['_MESSAGEORDER']._serialized_start=2286
+  _globals['_MESSAGEORDER']._serialized_end=2395
+  _globals['_SESSION']._serialized_start=270
+  _globals['_SESSION']._serialized_end=673
+  _globals['_SESSION_LABELSENTRY']._serialized_start=628
+  _globals['_SESSION_LABELSENTRY']._serialized_end=673
+  _globals['_CHECKPOINT']._serialized_start=676
+  _globals['_CHECKPOINT']._serialized_end=935
+  _globals['_SESSIONSTATS']._serialized_start=938
+  _globals['_SESSIONSTATS']._serialized_end=1102
+  _globals['_CREATESESSIONREQUEST']._serialized_start=1104
+  _globals['_CREATESESSIONREQUEST']._serialized_end=1188
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=1190
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=1266
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1268
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1352
+  _globals['_GETSESSIONREQUEST']._serialized_start=1354
+  _globals['_GETSESSIONREQUEST']._serialized_end=1391
+  _globals['_UPDATESESSIONREQUEST']._serialized_start=1393
+  _globals['_UPDATESESSIONREQUEST']._serialized_end=1506
+  _globals['_DELETESESSIONREQUEST']._serialized_start=1508
+  _globals['_DELETESESSIONREQUEST']._serialized_end=1562
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=1564
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=1689
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1691
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1775
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=1777
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=1866
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=1868
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=1961
+  _globals['_RESUMESESSIONREQUEST']._serialized_start=1963
+  _globals['_RESUMESESSIONREQUEST']._serialized_end=2034
+  _globals['_RESUMESESSIONRESPONSE']._serialized_start=2036
+  _globals['_RESUMESESSIONRESPONSE']._serialized_end=2137
+  _globals['_FORKSESSIONREQUEST']._serialized_start=2139
+  _globals['_FORKSESSIONREQUEST']._serialized_end=2232
+  _globals['_GETSESSIONSTATSREQUEST']._serialized_start=2234
+  _globals['_GETSESSIONSTATSREQUEST']._serialized_end=2284
+  _globals['_SESSIONSERVICE']._serialized_start=2398
+  _globals['_SESSIONSERVICE']._serialized_end=3725
 # @@protoc_insertion_point(module_scope)

@@ -22,12 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from aster.v1 import options_pb2 as aster_dot_v1_dot_options__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61ster/v1/system.proto\x12\x08\x61ster.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x10\n\x0eGetInfoRequest\"\xc7\x01\n\nSystemInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06uptime\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fstorage_backend\x18\x04 \x01(\t\x12\x11\n\tevent_bus\x18\x05 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x06 \x03(\t\x12\x0f\n\x07workers\x18\x07 \x01(\x05\"\x11\n\x0fGetStatsRequest\"x\n\x0bSystemStats\x12\x37\n\tresources\x18\x01 \x03(\x0b\x32$.aster.v1.SystemStats.ResourcesEntry\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x12\n\x10GetHealthRequest\"\x92\x01\n\x0cHealthReport\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x32\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\".aster.v1.HealthReport.ChecksEntry\x12\x0f\n\x07version\x18\x03 \x01(\t\x1a-\n\x0b\x43hecksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xa2\x02\n\rSystemService\x12R\n\x07GetInfo\x12\x18.aster.v1.GetInfoRequest\x1a\x14.aster.v1.SystemInfo\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/system/info\x12\x65\n\tGetHealth\x12\x1a.aster.v1.GetHealthRequest\x1a\x16.aster.v1.HealthReport\"$\x82\xd3\xe4\x93\x02\x1e\x12\x11/v1/system/healthZ\t\x12\x07/health\x12V\n\x08GetStats\x12\x19.aster.v1.GetStatsRequest\x1a\x15.aster.v1.SystemStats\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/system/statsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61ster/v1/system.proto\x12\x08\x61ster.v1\x1a\x16\x61ster/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x10\n\x0eGetInfoRequest\"\xc7\x01\n\nSystemInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06uptime\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fstorage_backend\x18\x04 \x01(\t\x12\x11\n\tevent_bus\x18\x05 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x06 \x03(\t\x12\x0f\n\x07workers\x18\x07 \x01(\x05\"\x11\n\x0fGetStatsRequest\"x\n\x0bSystemStats\x12\x37\n\tresources\x18\x01 \x03(\x0b\x32$.aster.v1.SystemStats.ResourcesEntry\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x12\n\x10GetHealthRequest\"\x92\x01\n\x0cHealthReport\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x32\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\".aster.v1.HealthReport.ChecksEntry\x12\x0f\n\x07version\x18\x03 \x01(\t\x1a-\n\x0b\x43hecksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xc4\x02\n\rSystemService\x12]\n\x07GetInfo\x12\x18.aster.v1.GetInfoRequest\x1a\x14.aster.v1.SystemInfo\"\"\x8a\xb5\x18\x07\n\x05\x61\x64min\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/system/info\x12k\n\tGetHealth\x12\x1a.aster.v1.GetHealthRequest\x1a\x16.aster.v1.HealthReport\"*\x8a\xb5\x18\x02\x10\x01\x82\xd3\xe4\x93\x02\x1e\x12\x11/v1/system/healthZ\t\x12\x07/health\x12g\n\x08GetStats\x12\x19.aster.v1.GetStatsRequest\x1a\x15.aster.v1.SystemStats\")\x8a\xb5\x18\r\n\x0b\x61gents.read\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/system/statsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,27 +40,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEALTHREPORT_CHECKSENTRY']._loaded_options = None
   _globals['_HEALTHREPORT_CHECKSENTRY']._serialized_options = b'8\001'
   _globals['_SYSTEMSERVICE'].methods_by_name['GetInfo']._loaded_options = None
-  _globals['_SYSTEMSERVICE'].methods_by_name['GetInfo']._serialized_options = b'\202\323\344\223\002\021\022\017/v1/system/info'
+  _globals['_SYSTEMSERVICE'].methods_by_name['GetInfo']._serialized_options = b'\212\265\030\007\n\005admin\202\323\344\223\002\021\022\017/v1/system/info'
   _globals['_SYSTEMSERVICE'].methods_by_name['GetHealth']._loaded_options = None
-  _globals['_SYSTEMSERVICE'].methods_by_name['GetHealth']._serialized_options = b'\202\323\344\223\002\036\022\021/v1/system/healthZ\t\022\007/health'
+  _globals['_SYSTEMSERVICE'].methods_by_name['GetHealth']._serialized_options = b'\212\265\030\002\020\001\202\323\344\223\002\036\022\021/v1/system/healthZ\t\022\007/health'
   _globals['_SYSTEMSERVICE'].methods_by_name['GetStats']._loaded_options = None
-  _globals['_SYSTEMSERVICE'].methods_by_name['GetStats']._serialized_options = b'\202\323\344\223\002\022\022\020/v1/system/stats'
-  _globals['_GETINFOREQUEST']._serialized_start=130
-  _globals['_GETINFOREQUEST']._serialized_end=146
-  _globals['_SYSTEMINFO']._serialized_start=149
-  _globals['_SYSTEMINFO']._serialized_end=348
-  _globals['_GETSTATSREQUEST']._serialized_start=350
-  _globals['_GETSTATSREQUEST']._serialized_end=367
-  _globals['_SYSTEMSTATS']._serialized_start=369
-  _globals['_SYSTEMSTATS']._serialized_end=489
-  _globals['_SYSTEMSTATS_RESOURCESENTRY']._serialized_start=441
-  _globals['_SYSTEMSTATS_RESOURCESENTRY']._serialized_end=489
-  _globals['_GETHEALTHREQUEST']._serialized_start=491
-  _globals['_GETHEALTHREQUEST']._serialized_end=509
-  _globals['_HEALTHREPORT']._serialized_start=512
-  _globals['_HEALTHREPORT']._serialized_end=658
-  _globals['_HEALTHREPORT_CHECKSENTRY']._serialized_start=613
-  _globals['_HEALTHREPORT_CHECKSENTRY']._serialized_end=658
-  _globals['_SYSTEMSERVICE']._serialized_start=661
-  _globals['_SYSTEMSERVICE']._serialized_end=951
+  _globals['_SYSTEMSERVICE'].methods_by_name['GetStats']._serialized_options = b'\212\265\030\r\n\013agents.read\202\323\344\223\002\022\022\020/v1/system/stats'
+  _globals['_GETINFOREQUEST']._serialized_start=154
+  _globals['_GETINFOREQUEST']._serialized_end=170
+  _globals['_SYSTEMINFO']._serialized_start=173
+  _globals['_SYSTEMINFO']._serialized_end=372
+  _globals['_GETSTATSREQUEST']._serialized_start=374
+  _globals['_GETSTATSREQUEST']._serialized_end=391
+  _globals['_SYSTEMSTATS']._serialized_start=393
+  _globals['_SYSTEMSTATS']._serialized_end=513
+  _globals['_SYSTEMSTATS_RESOURCESENTRY']._serialized_start=465
+  _globals['_SYSTEMSTATS_RESOURCESENTRY']._serialized_end=513
+  _globals['_GETHEALTHREQUEST']._serialized_start=515
+  _globals['_GETHEALTHREQUEST']._serialized_end=533
+  _globals['_HEALTHREPORT']._serialized_start=536
+  _globals['_HEALTHREPORT']._serialized_end=682
+  _globals['_HEALTHREPORT_CHECKSENTRY']._serialized_start=637
+  _globals['_HEALTHREPORT_CHECKSENTRY']._serialized_end=682
+  _globals['_SYSTEMSERVICE']._serialized_start=685
+  _globals['_SYSTEMSERVICE']._serialized_end=1009
 # @@protoc_insertion_point(module_scope)

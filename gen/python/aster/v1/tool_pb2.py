@@ -23,6 +23,7 @@ _sym_db = _symbol_database.Default()
 
 
 from aster.v1 import agent_pb2 as aster_dot_v1_dot_agent__pb2
+from aster.v1 import options_pb2 as aster_dot_v1_dot_options__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
@@ -32,7 +33,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61ster/v1/tool.proto\x12\x08\x61ster.v1\x1a\x14\x61ster/v1/agent.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x03\n\x04Tool\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12+\n\nparameters\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12&\n\x04kind\x18\x05 \x01(\x0e\x32\x12.aster.v1.ToolKindB\x04\xe2\x41\x01\x02\x12&\n\x04http\x18\x06 \x01(\x0b\x32\x18.aster.v1.HttpToolConfig\x12*\n\x06labels\x18\x07 \x03(\x0b\x32\x1a.aster.v1.Tool.LabelsEntry\x12)\n\x08metadata\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x0b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf8\x01\n\x0eHttpToolConfig\x12\x11\n\x03url\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x36\n\x07headers\x18\x03 \x03(\x0b\x32%.aster.v1.HttpToolConfig.HeadersEntry\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12max_response_bytes\x18\x05 \x01(\x03\x1a\x43\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.aster.v1.SecretRef:\x02\x38\x01\"H\n\x11\x43reateToolRequest\x12\"\n\x04tool\x18\x01 \x01(\x0b\x32\x0e.aster.v1.ToolB\x04\xe2\x41\x01\x02\x12\x0f\n\x07tool_id\x18\x02 \x01(\t\"I\n\x10ListToolsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"K\n\x11ListToolsResponse\x12\x1d\n\x05tools\x18\x01 \x03(\x0b\x32\x0e.aster.v1.Tool\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x0eGetToolRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"h\n\x11UpdateToolRequest\x12\"\n\x04tool\x18\x01 \x01(\x0b\x32\x0e.aster.v1.ToolB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"3\n\x11\x44\x65leteToolRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"p\n\x12\x45xecuteToolRequest\x12\x15\n\x07tool_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12*\n\targuments\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"y\n\x13\x45xecuteToolResponse\x12&\n\x06output\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12+\n\x08\x64uration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration*P\n\x08ToolKind\x12\x19\n\x15TOOL_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11TOOL_KIND_BUILTIN\x10\x01\x12\x12\n\x0eTOOL_KIND_HTTP\x10\x02\x32\xb4\x04\n\x0bToolService\x12R\n\nCreateTool\x12\x1b.aster.v1.CreateToolRequest\x1a\x0e.aster.v1.Tool\"\x17\x82\xd3\xe4\x93\x02\x11\"\t/v1/tools:\x04tool\x12W\n\tListTools\x12\x1a.aster.v1.ListToolsRequest\x1a\x1b.aster.v1.ListToolsResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/tools\x12K\n\x07GetTool\x12\x18.aster.v1.GetToolRequest\x1a\x0e.aster.v1.Tool\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/tools/{id}\x12\\\n\nUpdateTool\x12\x1b.aster.v1.UpdateToolRequest\x1a\x0e.aster.v1.Tool\"!\x82\xd3\xe4\x93\x02\x1b\x32\x13/v1/tools/{tool.id}:\x04tool\x12Y\n\nDeleteTool\x12\x1b.aster.v1.DeleteToolRequest\x1a\x16.google.protobuf.Empty\"\x16\x82\xd3\xe4\x93\x02\x10*\x0e/v1/tools/{id}\x12r\n\x0b\x45xecuteTool\x12\x1c.aster.v1.ExecuteToolRequest\x1a\x1d.aster.v1.ExecuteToolResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/v1/tools/{tool_id}/execute:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61ster/v1/tool.proto\x12\x08\x61ster.v1\x1a\x14\x61ster/v1/agent.proto\x1a\x16\x61ster/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x03\n\x04Tool\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12+\n\nparameters\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12&\n\x04kind\x18\x05 \x01(\x0e\x32\x12.aster.v1.ToolKindB\x04\xe2\x41\x01\x02\x12&\n\x04http\x18\x06 \x01(\x0b\x32\x18.aster.v1.HttpToolConfig\x12*\n\x06labels\x18\x07 \x03(\x0b\x32\x1a.aster.v1.Tool.LabelsEntry\x12)\n\x08metadata\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x0b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf8\x01\n\x0eHttpToolConfig\x12\x11\n\x03url\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x36\n\x07headers\x18\x03 \x03(\x0b\x32%.aster.v1.HttpToolConfig.HeadersEntry\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12max_response_bytes\x18\x05 \x01(\x03\x1a\x43\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.aster.v1.SecretRef:\x02\x38\x01\"H\n\x11\x43reateToolRequest\x12\"\n\x04tool\x18\x01 \x01(\x0b\x32\x0e.aster.v1.ToolB\x04\xe2\x41\x01\x02\x12\x0f\n\x07tool_id\x18\x02 \x01(\t\"I\n\x10ListToolsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"K\n\x11ListToolsResponse\x12\x1d\n\x05tools\x18\x01 \x03(\x0b\x32\x0e.aster.v1.Tool\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x0eGetToolRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"h\n\x11UpdateToolRequest\x12\"\n\x04tool\x18\x01 \x01(\x0b\x32\x0e.aster.v1.ToolB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"3\n\x11\x44\x65leteToolRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"p\n\x12\x45xecuteToolRequest\x12\x15\n\x07tool_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12*\n\targuments\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"y\n\x13\x45xecuteToolResponse\x12&\n\x06output\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12+\n\x08\x64uration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration*P\n\x08ToolKind\x12\x19\n\x15TOOL_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11TOOL_KIND_BUILTIN\x10\x01\x12\x12\n\x0eTOOL_KIND_HTTP\x10\x02\x32\x99\x05\n\x0bToolService\x12\x63\n\nCreateTool\x12\x1b.aster.v1.CreateToolRequest\x1a\x0e.aster.v1.Tool\"(\x8a\xb5\x18\r\n\x0btools.write\x82\xd3\xe4\x93\x02\x11\"\t/v1/tools:\x04tool\x12g\n\tListTools\x12\x1a.aster.v1.ListToolsRequest\x1a\x1b.aster.v1.ListToolsResponse\"!\x8a\xb5\x18\x0c\n\ntools.read\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/tools\x12[\n\x07GetTool\x12\x18.aster.v1.GetToolRequest\x1a\x0e.aster.v1.Tool\"&\x8a\xb5\x18\x0c\n\ntools.read\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/tools/{id}\x12m\n\nUpdateTool\x12\x1b.aster.v1.UpdateToolRequest\x1a\x0e.aster.v1.Tool\"2\x8a\xb5\x18\r\n\x0btools.write\x82\xd3\xe4\x93\x02\x1b\x32\x13/v1/tools/{tool.id}:\x04tool\x12j\n\nDeleteTool\x12\x1b.aster.v1.DeleteToolRequest\x1a\x16.google.protobuf.Empty\"\'\x8a\xb5\x18\r\n\x0btools.write\x82\xd3\xe4\x93\x02\x10*\x0e/v1/tools/{id}\x12\x83\x01\n\x0b\x45xecuteTool\x12\x1c.aster.v1.ExecuteToolRequest\x1a\x1d.aster.v1.ExecuteToolResponse\"7\x8a\xb5\x18\r\n\x0btools.write\x82\xd3\xe4\x93\x02 \"\x1b/v1/tools/{tool_id}/execute:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -66,43 +67,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTETOOLREQUEST'].fields_by_name['tool_id']._loaded_options = None
   _globals['_EXECUTETOOLREQUEST'].fields_by_name['tool_id']._serialized_options = b'\342A\001\002'
   _globals['_TOOLSERVICE'].methods_by_name['CreateTool']._loaded_options = None
-  _globals['_TOOLSERVICE'].methods_by_name['CreateTool']._serialized_options = b'\202\323\344\223\002\021\"\t/v1/tools:\004tool'
+  _globals['_TOOLSERVICE'].methods_by_name['CreateTool']._serialized_options = b'\212\265\030\r\n\013tools.write\202\323\344\223\002\021\"\t/v1/tools:\004tool'
   _globals['_TOOLSERVICE'].methods_by_name['ListTools']._loaded_options = None
-  _globals['_TOOLSERVICE'].methods_by_name['ListTools']._serialized_options = b'\202\323\344\223\002\013\022\t/v1/tools'
+  _globals['_TOOLSERVICE'].methods_by_name['ListTools']._serialized_options = b'\212\265\030\014\n\ntools.read\202\323\344\223\002\013\022\t/v1/tools'
   _globals['_TOOLSERVICE'].methods_by_name['GetTool']._loaded_options = None
-  _globals['_TOOLSERVICE'].methods_by_name['GetTool']._serialized_options = b'\202\323\344\223\002\020\022\016/v1/tools/{id}'
+  _globals['_TOOLSERVICE'].methods_by_name['GetTool']._serialized_options = b'\212\265\030\014\n\ntools.read\202\323\344\223\002\020\022\016/v1/tools/{id}'
   _globals['_TOOLSERVICE'].methods_by_name['UpdateTool']._loaded_options = None
-  _globals['_TOOLSERVICE'].methods_by_name['UpdateTool']._serialized_options = b'\202\323\344\223\002\0332\023/v1/tools/{tool.id}:\004tool'
+  _globals['_TOOLSERVICE'].methods_by_name['UpdateTool']._serialized_options = b'\212\265\030\r\n\013tools.write\202\323\344\223\002\0332\023/v1/tools/{tool.id}:\004tool'
   _globals['_TOOLSERVICE'].methods_by_name['DeleteTool']._loaded_options = None
-  _globals['_TOOLSERVICE'].methods_by_name['DeleteTool']._serialized_options = b'\202\323\344\223\002\020*\016/v1/tools/{id}'
+  _globals['_TOOLSERVICE'].methods_by_name['DeleteTool']._serialized_options = b'\212\265\030\r\n\013tools.write\202\323\344\223\002\020*\016/v1/tools/{id}'
   _globals['_TOOLSERVICE'].methods_by_name['ExecuteTool']._loaded_options = None
-  _globals['_TOOLSERVICE'].methods_by_name['ExecuteTool']._serialized_options = b'\202\323\344\223\002 \"\033/v1/tools/{tool_id}/execute:\001*'
-  _globals['_TOOLKIND']._serialized_start=1636
-  _globals['_TOOLKIND']._serialized_end=1716
-  _globals['_TOOL']._serialized_start=277
-  _globals['_TOOL']._serialized_end=725
-  _globals['_TOOL_LABELSENTRY']._serialized_start=680
-  _globals['_TOOL_LABELSENTRY']._serialized_end=725
-  _globals['_HTTPTOOLCONFIG']._serialized_start=728
-  _globals['_HTTPTOOLCONFIG']._serialized_end=976
-  _globals['_HTTPTOOLCONFIG_HEADERSENTRY']._serialized_start=909
-  _globals['_HTTPTOOLCONFIG_HEADERSENTRY']._serialized_end=976
-  _globals['_CREATETOOLREQUEST']._serialized_start=978
-  _globals['_CREATETOOLREQUEST']._serialized_end=1050
-  _globals['_LISTTOOLSREQUEST']._serialized_start=1052
-  _globals['_LISTTOOLSREQUEST']._serialized_end=1125
-  _globals['_LISTTOOLSRESPONSE']._serialized_start=1127
-  _globals['_LISTTOOLSRESPONSE']._serialized_end=1202
-  _globals['_GETTOOLREQUEST']._serialized_start=1204
-  _globals['_GETTOOLREQUEST']._serialized_end=1238
-  _globals['_UPDATETOOLREQUEST']._serialized_start=1240
-  _globals['_UPDATETOOLREQUEST']._serialized_end=1344
-  _globals['_DELETETOOLREQUEST']._serialized_start=1346
-  _globals['_DELETETOOLREQUEST']._serialized_end=1397
-  _globals['_EXECUTETOOLREQUEST']._serialized_start=1399
-  _globals['_EXECUTETOOLREQUEST']._serialized_end=1511
-  _globals['_EXECUTETOOLRESPONSE']._serialized_start=1513
-  _globals['_EXECUTETOOLRESPONSE']._serialized_end=1634
-  _globals['_TOOLSERVICE']._serialized_start=1719
-  _globals['_TOOLSERVICE']._serialized_end=2283
+  _globals['_TOOLSERVICE'].methods_by_name['ExecuteTool']._serialized_options = b'\212\265\030\r\n\013tools.write\202\323\344\223\002 \"\033/v1/tools/{tool_id}/execute:\001*'
+  _globals['_TOOLKIND']._serialized_start=1660
+  _globals['_TOOLKIND']._serialized_end=1740
+  _globals['_TOOL']._serialized_start=301
+  _globals['_TOOL']._serialized_end=749
+  _globals['_TOOL_LABELSENTRY']._serialized_start=704
+  _globals['_TOOL_LABELSENTRY']._serialized_end=749
+  _globals['_HTTPTOOLCONFIG']._serialized_start=752
+  _globals['_HTTPTOOLCONFIG']._serialized_end=1000
+  _globals['_HTTPTOOLCONFIG_HEADERSENTRY']._serialized_start=933
+  _globals['_HTTPTOOLCONFIG_HEADERSENTRY']._serialized_end=1000
+  _globals['_CREATETOOLREQUEST']._serialized_start=1002
+  _globals['_CREATETOOLREQUEST']._serialized_end=1074
+  _globals['_LISTTOOLSREQUEST']._serialized_start=1076
+  _globals['_LISTTOOLSREQUEST']._serialized_end=1149
+  _globals['_LISTTOOLSRESPONSE']._serialized_start=1151
+  _globals['_LISTTOOLSRESPONSE']._serialized_end=1226
+  _globals['_GETTOOLREQUEST']._serialized_start=1228
+  _globals['_GETTOOLREQUEST']._serialized_end=1262
+  _globals['_UPDATETOOLREQUEST']._serialized_start=1264
+  _globals['_UPDATETOOLREQUEST']._serialized_end=1368
+  _globals['_DELETETOOLREQUEST']._serialized_start=1370
+  _globals['_DELETETOOLREQUEST']._serialized_end=1421
+  _globals['_EXECUTETOOLREQUEST']._serialized_start=1423
+  _globals['_EXECUTETOOLREQUEST']._serialized_end=1535
+  _globals['_EXECUTETOOLRESPONSE']._serialized_start=1537
+  _globals['_EXECUTETOOLRESPONSE']._serialized_end=1658
+  _globals['_TOOLSERVICE']._serialized_start=1743
+  _globals['_TOOLSERVICE']._serialized_end=2408
 # @@protoc_insertion_point(module_scope)

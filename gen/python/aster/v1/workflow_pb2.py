@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from aster.v1 import options_pb2 as aster_dot_v1_dot_options__pb2
 from aster.v1 import run_pb2 as aster_dot_v1_dot_run__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
@@ -32,7 +33,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61ster/v1/workflow.proto\x12\x08\x61ster.v1\x1a\x12\x61ster/v1/run.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x03\n\x08Workflow\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x15\n\x07version\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12%\n\x05steps\x18\x05 \x03(\x0b\x32\x16.aster.v1.WorkflowStep\x12-\n\tschedules\x18\x06 \x03(\x0b\x32\x1a.aster.v1.WorkflowSchedule\x12.\n\x06labels\x18\x07 \x03(\x0b\x32\x1e.aster.v1.Workflow.LabelsEntry\x12)\n\x08metadata\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x0b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf5\x03\n\x0cWorkflowStep\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04next\x18\x02 \x01(\t\x12\x12\n\ndepends_on\x18\x03 \x03(\t\x12,\n\x05retry\x18\x04 \x01(\x0b\x32\x1d.aster.v1.WorkflowRetryPolicy\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\x05\x61gent\x18\n \x01(\x0b\x32\x1b.aster.v1.WorkflowAgentStepH\x00\x12*\n\x04tool\x18\x0b \x01(\x0b\x32\x1a.aster.v1.WorkflowToolStepH\x00\x12\x32\n\x08parallel\x18\x0c \x01(\x0b\x32\x1e.aster.v1.WorkflowParallelStepH\x00\x12\x34\n\tcondition\x18\r \x01(\x0b\x32\x1f.aster.v1.WorkflowConditionStepH\x00\x12*\n\x04loop\x18\x0e \x01(\x0b\x32\x1a.aster.v1.WorkflowLoopStepH\x00\x12\x32\n\x08\x61pproval\x18\x0f \x01(\x0b\x32\x1e.aster.v1.WorkflowApprovalStepH\x00\x12)\n\x04wait\x18\x10 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x42\x06\n\x04kind\":\n\x11WorkflowAgentStep\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05input\x18\x02 \x01(\t\"U\n\x10WorkflowToolStep\x12\x15\n\x07tool_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12*\n\targuments\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"T\n\x14WorkflowParallelStep\x12\x16\n\x08\x62ranches\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\x12$\n\x04join\x18\x02 \x01(\x0e\x32\x16.aster.v1.ParallelJoin\"W\n\x15WorkflowConditionStep\x12\x18\n\nexpression\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tthen_step\x18\x02 \x01(\t\x12\x11\n\telse_step\x18\x03 \x01(\t\"M\n\x10WorkflowLoopStep\x12\x12\n\x04\x62ody\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05until\x18\x02 \x01(\t\x12\x16\n\x0emax_iterations\x18\x03 \x01(\x05\"&\n\x14WorkflowApprovalStep\x12\x0e\n\x06prompt\x18\x01 \x01(\t\"{\n\x13WorkflowRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12\x62\x61\x63koff_multiplier\x18\x03 \x01(\x01\"\xcf\x01\n\x10WorkflowSchedule\x12\x12\n\x04\x63ron\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\ttime_zone\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06paused\x18\x05 \x01(\x08\x12&\n\x05input\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xfe\x03\n\tExecution\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bworkflow_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1e\n\x10workflow_version\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x18.aster.v1.ExecutionStateB\x04\xe2\x41\x01\x03\x12,\n\x05input\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x03\x12,\n\x06output\x18\x06 \x01(\x0b\x32\x16.google.protobuf.ValueB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x65rror\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12,\n\x05steps\x18\x08 \x03(\x0b\x32\x17.aster.v1.StepExecutionB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fidempotency_key\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x16\n\x08last_seq\x18\r \x01(\x03\x42\x04\xe2\x41\x01\x03\"\x9c\x02\n\rStepExecution\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.aster.v1.StepExecutionState\x12%\n\x05input\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12&\n\x06output\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd5\x03\n\x0e\x45xecutionEvent\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\rstate_changed\x18\n \x01(\x0b\x32\x1f.aster.v1.ExecutionStateChangedH\x00\x12\x35\n\x0cstep_started\x18\x0b \x01(\x0b\x32\x1d.aster.v1.WorkflowStepStartedH\x00\x12\x39\n\x0estep_completed\x18\x0c \x01(\x0b\x32\x1f.aster.v1.WorkflowStepCompletedH\x00\x12\x33\n\x0bstep_failed\x18\r \x01(\x0b\x32\x1c.aster.v1.WorkflowStepFailedH\x00\x12\x37\n\rstep_retrying\x18\x0e \x01(\x0b\x32\x1e.aster.v1.WorkflowStepRetryingH\x00\x12\x37\n\x0b\x61gent_event\x18\x0f \x01(\x0b\x32 .aster.v1.WorkflowStepAgentEventH\x00\x42\x07\n\x05\x65vent\"b\n\x15\x45xecutionStateChanged\x12\'\n\x05state\x18\x01 \x01(\x0e\x32\x18.aster.v1.ExecutionState\x12\x11\n\tstep_name\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"`\n\x13WorkflowStepStarted\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12%\n\x05input\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\"c\n\x15WorkflowStepCompleted\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12&\n\x06output\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\"G\n\x12WorkflowStepFailed\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"u\n\x14WorkflowStepRetrying\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12*\n\x07\x62\x61\x63koff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"e\n\x16WorkflowStepAgentEvent\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\'\n\nchat_event\x18\x03 \x01(\x0b\x32\x13.aster.v1.ChatEvent\"X\n\x15\x43reateWorkflowRequest\x12*\n\x08workflow\x18\x01 \x01(\x0b\x32\x12.aster.v1.WorkflowB\x04\xe2\x41\x01\x02\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\"M\n\x14ListWorkflowsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"W\n\x15ListWorkflowsResponse\x12%\n\tworkflows\x18\x01 \x03(\x0b\x32\x12.aster.v1.Workflow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x12GetWorkflowRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"t\n\x15UpdateWorkflowRequest\x12*\n\x08workflow\x18\x01 \x01(\x0b\x32\x12.aster.v1.WorkflowB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"7\n\x15\x44\x65leteWorkflowRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"t\n\x16\x45xecuteWorkflowRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"i\n\x15ListExecutionsRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\"Z\n\x16ListExecutionsResponse\x12\'\n\nexecutions\x18\x01 \x03(\x0b\x32\x13.aster.v1.Execution\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"L\n\x13GetExecutionRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x65xecution_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\x8b\x01\n\x17\x41pproveExecutionRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x65xecution_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tstep_name\x18\x03 \x01(\t\x12&\n\x05input\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"r\n\x16RejectExecutionRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x65xecution_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tstep_name\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"P\n\x17SuspendExecutionRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x65xecution_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"w\n\x16ResumeExecutionRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x65xecution_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12&\n\x05input\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"O\n\x16\x43\x61ncelExecutionRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x65xecution_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"a\n\x15WatchExecutionRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x65xecution_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tafter_seq\x18\x03 \x01(\x03*[\n\x0cParallelJoin\x12\x1d\n\x19PARALLEL_JOIN_UNSPECIFIED\x10\x00\x12\x15\n\x11PARALLEL_JOIN_ALL\x10\x01\x12\x15\n\x11PARALLEL_JOIN_ANY\x10\x02*\x8a\x02\n\x0e\x45xecutionState\x12\x1f\n\x1b\x45XECUTION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45XECUTION_STATE_PENDING\x10\x01\x12\x1b\n\x17\x45XECUTION_STATE_RUNNING\x10\x02\x12\x1d\n\x19\x45XECUTION_STATE_SUSPENDED\x10\x03\x12$\n EXECUTION_STATE_WAITING_APPROVAL\x10\x04\x12\x1d\n\x19\x45XECUTION_STATE_COMPLETED\x10\x05\x12\x1a\n\x16\x45XECUTION_STATE_FAILED\x10\x06\x12\x1d\n\x19\x45XECUTION_STATE_CANCELLED\x10\x07*\xe7\x01\n\x12StepExecutionState\x12$\n STEP_EXECUTION_STATE_UNSPECIFIED\x10\x00\x12 \n\x1cSTEP_EXECUTION_STATE_RUNNING\x10\x01\x12 \n\x1cSTEP_EXECUTION_STATE_WAITING\x10\x02\x12\"\n\x1eSTEP_EXECUTION_STATE_COMPLETED\x10\x03\x12\x1f\n\x1bSTEP_EXECUTION_STATE_FAILED\x10\x04\x12\"\n\x1eSTEP_EXECUTION_STATE_CANCELLED\x10\x05\x32\x9f\x0e\n\x0fWorkflowService\x12\x66\n\x0e\x43reateWorkflow\x12\x1f.aster.v1.CreateWorkflowRequest\x1a\x12.aster.v1.Workflow\"\x1f\x82\xd3\xe4\x93\x02\x19\"\r/v1/workflows:\x08workflow\x12g\n\rListWorkflows\x12\x1e.aster.v1.ListWorkflowsRequest\x1a\x1f.aster.v1.ListWorkflowsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/workflows\x12[\n\x0bGetWorkflow\x12\x1c.aster.v1.GetWorkflowRequest\x1a\x12.aster.v1.Workflow\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/workflows/{id}\x12t\n\x0eUpdateWorkflow\x12\x1f.aster.v1.UpdateWorkflowRequest\x1a\x12.aster.v1.Workflow\"-\x82\xd3\xe4\x93\x02\'2\x1b/v1/workflows/{workflow.id}:\x08workflow\x12\x65\n\x0e\x44\x65leteWorkflow\x12\x1f.aster.v1.DeleteWorkflowRequest\x1a\x16.google.protobuf.Empty\"\x1a\x82\xd3\xe4\x93\x02\x14*\x12/v1/workflows/{id}\x12x\n\x0f\x45xecuteWorkflow\x12 .aster.v1.ExecuteWorkflowRequest\x1a\x13.aster.v1.Execution\".\x82\xd3\xe4\x93\x02(\"#/v1/workflows/{workflow_id}/execute:\x01*\x12\x83\x01\n\x0eListExecutions\x12\x1f.aster.v1.ListExecutionsRequest\x1a .aster.v1.ListExecutionsResponse\".\x82\xd3\xe4\x93\x02(\x12&/v1/workflows/{workflow_id}/executions\x12\x81\x01\n\x0cGetExecution\x12\x1d.aster.v1.GetExecutionRequest\x1a\x13.aster.v1.Execution\"=\x82\xd3\xe4\x93\x02\x37\x12\x35/v1/workflows/{workflow_id}/executions/{execution_id}\x12\x94\x01\n\x10\x41pproveExecution\x12!.aster.v1.ApproveExecutionRequest\x1a\x13.aster.v1.Execution\"H\x82\xd3\xe4\x93\x02\x42\"=/v1/workflows/{workflow_id}/executions/{execution_id}/approve:\x01*\x12\x91\x01\n\x0fRejectExecution\x12 .aster.v1.RejectExecutionRequest\x1a\x13.aster.v1.Execution\"G\x82\xd3\xe4\x93\x02\x41\"</v1/workflows/{workflow_id}/executions/{execution_id}/reject:\x01*\x12\x94\x01\n\x10SuspendExecution\x12!.aster.v1.SuspendExecutionRequest\x1a\x13.aster.v1.Execution\"H\x82\xd3\xe4\x93\x02\x42\"=/v1/workflows/{workflow_id}/executions/{execution_id}/suspend:\x01*\x12\x91\x01\n\x0fResumeExecution\x12 .aster.v1.ResumeExecutionRequest\x1a\x13.aster.v1.Execution\"G\x82\xd3\xe4\x93\x02\x41\"</v1/workflows/{workflow_id}/executions/{execution_id}/resume:\x01*\x12\x91\x01\n\x0f\x43\x61ncelExecution\x12 .aster.v1.CancelExecutionRequest\x1a\x13.aster.v1.Execution\"G\x82\xd3\xe4\x93\x02\x41\"</v1/workflows/{workflow_id}/executions/{execution_id}/cancel:\x01*\x12\x92\x01\n\x0eWatchExecution\x12\x1f.aster.v1.WatchExecutionRequest\x1a\x18.aster.v1.ExecutionEvent\"C\x82\xd3\xe4\x93\x02=\x12;/v1/workflows/{workflow_id}/executions/{execution_id}/watch0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61ster/v1/workflow.proto\x12\x08\x61ster.v1\x1a\x16\x61ster/v1/options.proto\x1a\x12\x61ster/v1/run.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x03\n\x08Workflow\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x15\n\x07version\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12%\n\x05steps\x18\x05 \x03(\x0b\x32\x16.aster.v1.WorkflowStep\x12-\n\tschedules\x18\x06 \x03(\x0b\x32\x1a.aster.v1.WorkflowSchedule\x12.\n\x06labels\x18\x07 \x03(\x0b\x32\x1e.aster.v1.Workflow.LabelsEntry\x12)\n\x08metadata\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x0b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf5\x03\n\x0cWorkflowStep\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04next\x18\x02 \x01(\t\x12\x12\n\ndepends_on\x18\x03 \x03(\t\x12,\n\x05retry\x18\x04 \x01(\x0b\x32\x1d.aster.v1.WorkflowRetryPolicy\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\x05\x61gent\x18\n \x01(\x0b\x32\x1b.aster.v1.WorkflowAgentStepH\x00\x12*\n\x04tool\x18\x0b \x01(\x0b\x32\x1a.aster.v1.WorkflowToolStepH\x00\x12\x32\n\x08parallel\x18\x0c \x01(\x0b\x32\x1e.aster.v1.WorkflowParallelStepH\x00\x12\x34\n\tcondition\x18\r \x01(\x0b\x32\x1f.aster.v1.WorkflowConditionStepH\x00\x12*\n\x04loop\x18\x0e \x01(\x0b\x32\x1a.aster.v1.WorkflowLoopStepH\x00\x12\x32\n\x08\x61pproval\x18\x0f \x01(\x0b\x32\x1e.aster.v1.WorkflowApprovalStepH\x00\x12)\n\x04wait\x18\x10 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x42\x06\n\x04kind\":\n\x11WorkflowAgentStep\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05input\x18\x02 \x01(\t\"U\n\x10WorkflowToolStep\x12\x15\n\x07tool_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12*\n\targuments\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"T\n\x14WorkflowParallelStep\x12\x16\n\x08\x62ranches\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\x12$\n\x04join\x18\x02 \x01(\x0e\x32\x16.aster.v1.ParallelJoin\"W\n\x15WorkflowConditionStep\x12\x18\n\nexpression\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tthen_step\x18\x02 \x01(\t\x12\x11\n\telse_step\x18\x03 \x01(\t\"M\n\x10WorkflowLoopStep\x12\x12\n\x04\x62ody\x18\x01 \x03(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05until\x18\x02 \x01(\t\x12\x16\n\x0emax_iterations\x18\x03 \x01(\x05\"&\n\x14WorkflowApprovalStep\x12\x0e\n\x06prompt\x18\x01 \x01(\t\"{\n\x13WorkflowRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12\x62\x61\x63koff_multiplier\x18\x03 \x01(\x01\"\xcf\x01\n\x10WorkflowSchedule\x12\x12\n\x04\x63ron\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\ttime_zone\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06paused\x18\x05 \x01(\x08\x12&\n\x05input\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xfe\x03\n\tExecution\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bworkflow_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1e\n\x10workflow_version\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x18.aster.v1.ExecutionStateB\x04\xe2\x41\x01\x03\x12,\n\x05input\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x03\x12,\n\x06output\x18\x06 \x01(\x0b\x32\x16.google.protobuf.ValueB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x65rror\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12,\n\x05steps\x18\x08 \x03(\x0b\x32\x17.aster.v1.StepExecutionB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fidempotency_key\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x16\n\x08last_seq\x18\r \x01(\x03\x42\x04\xe2\x41\x01\x03\"\x9c\x02\n\rStepExecution\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.aster.v1.StepExecutionState\x12%\n\x05input\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12&\n\x06output\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd5\x03\n\x0e\x45xecutionEvent\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\rstate_changed\x18\n \x01(\x0b\x32\x1f.aster.v1.ExecutionStateChangedH\x00\x12\x35\n\x0cstep_started\x18\x0b \x01(\x0b\x32\x1d.aster.v1.WorkflowStepStartedH\x00\x12\x39\n\x0estep_completed\x18\x0c \x01(\x0b\x32\x1f.aster.v1.WorkflowStepCompletedH\x00\x12\x33\n\x0bstep_failed\x18\r \x01(\x0b\x32\x1c.aster.v1.WorkflowStepFailedH\x00\x12\x37\n\rstep_retrying\x18\x0e \x01(\x0b\x32\x1e.aster.v1.WorkflowStepRetryingH\x00\x12\x37\n\x0b\x61gent_event\x18\x0f \x01(\x0b\x32 .aster.v1.WorkflowStepAgentEventH\x00\x42\x07\n\x05\x65vent\"b\n\x15\x45xecutionStateChanged\x12\'\n\x05state\x18\x01 \x01(\x0e\x32\x18.aster.v1.ExecutionState\x12\x11\n\tstep_name\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"`\n\x13WorkflowStepStarted\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12%\n\x05input\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\"c\n\x15WorkflowStepCompleted\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12&\n\x06output\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\"G\n\x12WorkflowStepFailed\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"u\n\x14WorkflowStepRetrying\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12*\n\x07\x62\x61\x63koff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"e\n\x16WorkflowStepAgentEvent\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\'\n\nchat_event\x18\x03 \x01(\x0b\x32\x13.aster.v1.ChatEvent\"X\n\x15\x43reateWorkflowRequest\x12*\n\x08workflow\x18\x01 \x01(\x0b\x32\x12.aster.v1.WorkflowB\x04\xe2\x41\x01\x02\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\"M\n\x14ListWorkflowsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"W\n\x15ListWorkflowsResponse\x12%\n\tworkflows\x18\x01 \x03(\x0b\x32\x12.aster.v1.Workflow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x12GetWorkflowRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"t\n\x15UpdateWorkflowRequest\x12*\n\x08workflow\x18\x01 \x01(\x0b\x32\x12.aster.v1.WorkflowB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"7\n\x15\x44\x65leteWorkflowRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"t\n\x16\x45xecuteWorkflowRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"i\n\x15ListExecutionsRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\"Z\n\x16ListExecutionsResponse\x12\'\n\nexecutions\x18\x01 \x03(\x0b\x32\x13.aster.v1.Execution\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"L\n\x13GetExecutionRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x65xecution_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\x8b\x01\n\x17\x41pproveExecutionRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x65xecution_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tstep_name\x18\x03 \x01(\t\x12&\n\x05input\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"r\n\x16RejectExecutionRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x65xecution_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tstep_name\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"P\n\x17SuspendExecutionRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x65xecution_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"w\n\x16ResumeExecutionRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x65xecution_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12&\n\x05input\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"O\n\x16\x43\x61ncelExecutionRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x65xecution_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"a\n\x15WatchExecutionRequest\x12\x19\n\x0bworkflow_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x65xecution_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tafter_seq\x18\x03 \x01(\x03*[\n\x0cParallelJoin\x12\x1d\n\x19PARALLEL_JOIN_UNSPECIFIED\x10\x00\x12\x15\n\x11PARALLEL_JOIN_ALL\x10\x01\x12\x15\n\x11PARALLEL_JOIN_ANY\x10\x02*\x8a\x02\n\x0e\x45xecutionState\x12\x1f\n\x1b\x45XECUTION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45XECUTION_STATE_PENDING\x10\x01\x12\x1b\n\x17\x45XECUTION_STATE_RUNNING\x10\x02\x12\x1d\n\x19\x45XECUTION_STATE_SUSPENDED\x10\x03\x12$\n EXECUTION_STATE_WAITING_APPROVAL\x10\x04\x12\x1d\n\x19\x45XECUTION_STATE_COMPLETED\x10\x05\x12\x1a\n\x16\x45XECUTION_STATE_FAILED\x10\x06\x12\x1d\n\x19\x45XECUTION_STATE_CANCELLED\x10\x07*\xe7\x01\n\x12StepExecutionState\x12$\n STEP_EXECUTION_STATE_UNSPECIFIED\x10\x00\x12 \n\x1cSTEP_EXECUTION_STATE_RUNNING\x10\x01\x12 \n\x1cSTEP_EXECUTION_STATE_WAITING\x10\x02\x12\"\n\x1eSTEP_EXECUTION_STATE_COMPLETED\x10\x03\x12\x1f\n\x1bSTEP_EXECUTION_STATE_FAILED\x10\x04\x12\"\n\x1eSTEP_EXECUTION_STATE_CANCELLED\x10\x05\x32\xc2\x10\n\x0fWorkflowService\x12{\n\x0e\x43reateWorkflow\x12\x1f.aster.v1.CreateWorkflowRequest\x1a\x12.aster.v1.Workflow\"4\x8a\xb5\x18\x11\n\x0fworkflows.write\x82\xd3\xe4\x93\x02\x19\"\r/v1/workflows:\x08workflow\x12{\n\rListWorkflows\x12\x1e.aster.v1.ListWorkflowsRequest\x1a\x1f.aster.v1.ListWorkflowsResponse\")\x8a\xb5\x18\x10\n\x0eworkflows.read\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/workflows\x12o\n\x0bGetWorkflow\x12\x1c.aster.v1.GetWorkflowRequest\x1a\x12.aster.v1.Workflow\".\x8a\xb5\x18\x10\n\x0eworkflows.read\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/workflows/{id}\x12\x89\x01\n\x0eUpdateWorkflow\x12\x1f.aster.v1.UpdateWorkflowRequest\x1a\x12.aster.v1.Workflow\"B\x8a\xb5\x18\x11\n\x0fworkflows.write\x82\xd3\xe4\x93\x02\'2\x1b/v1/workflows/{workflow.id}:\x08workflow\x12z\n\x0e\x44\x65leteWorkflow\x12\x1f.aster.v1.DeleteWorkflowRequest\x1a\x16.google.protobuf.Empty\"/\x8a\xb5\x18\x11\n\x0fworkflows.write\x82\xd3\xe4\x93\x02\x14*\x12/v1/workflows/{id}\x12\x8d\x01\n\x0f\x45xecuteWorkflow\x12 .aster.v1.ExecuteWorkflowRequest\x1a\x13.aster.v1.Execution\"C\x8a\xb5\x18\x11\n\x0fworkflows.write\x82\xd3\xe4\x93\x02(\"#/v1/workflows/{workflow_id}/execute:\x01*\x12\x97\x01\n\x0eListExecutions\x12\x1f.aster.v1.ListExecutionsRequest\x1a .aster.v1.ListExecutionsResponse\"B\x8a\xb5\x18\x10\n\x0eworkflows.read\x82\xd3\xe4\x93\x02(\x12&/v1/workflows/{workflow_id}/executions\x12\x95\x01\n\x0cGetExecution\x12\x1d.aster.v1.GetExecutionRequest\x1a\x13.aster.v1.Execution\"Q\x8a\xb5\x18\x10\n\x0eworkflows.read\x82\xd3\xe4\x93\x02\x37\x12\x35/v1/workflows/{workflow_id}/executions/{execution_id}\x12\xa9\x01\n\x10\x41pproveExecution\x12!.aster.v1.ApproveExecutionRequest\x1a\x13.aster.v1.Execution\"]\x8a\xb5\x18\x11\n\x0fworkflows.write\x82\xd3\xe4\x93\x02\x42\"=/v1/workflows/{workflow_id}/executions/{execution_id}/approve:\x01*\x12\xa6\x01\n\x0fRejectExecution\x12 .aster.v1.RejectExecutionRequest\x1a\x13.aster.v1.Execution\"\\\x8a\xb5\x18\x11\n\x0fworkflows.write\x82\xd3\xe4\x93\x02\x41\"</v1/workflows/{workflow_id}/executions/{execution_id}/reject:\x01*\x12\xa9\x01\n\x10SuspendExecution\x12!.aster.v1.SuspendExecutionRequest\x1a\x13.aster.v1.Execution\"]\x8a\xb5\x18\x11\n\x0fworkflows.write\x82\xd3\xe4\x93\x02\x42\"=/v1/workflows/{workflow_id}/executions/{execution_id}/suspend:\x01*\x12\xa6\x01\n\x0fResumeExecution\x12 .aster.v1.ResumeExecutionRequest\x1a\x13.aster.v1.Execution\"\\\x8a\xb5\x18\x11\n\x0fworkflows.write\x82\xd3\xe4\x93\x02\x41\"</v1/workflows/{workflow_id}/executions/{execution_id}/resume:\x01*\x12\xa6\x01\n\x0f\x43\x61ncelExecution\x12 .aster.v1.CancelExecutionRequest\x1a\x13.aster.v1.Execution\"\\\x8a\xb5\x18\x11\n\x0fworkflows.write\x82\xd3\xe4\x93\x02\x41\"</v1/workflows/{workflow_id}/executions/{execution_id}/cancel:\x01*\x12\xa6\x01\n\x0eWatchExecution\x12\x1f.aster.v1.WatchExecutionRequest\x1a\x18.aster.v1.ExecutionEvent\"W\x8a\xb5\x18\x10\n\x0eworkflows.read\x82\xd3\xe4\x93\x02=\x12;/v1/workflows/{workflow_id}/executions/{execution_id}/watch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -132,111 +133,111 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHEXECUTIONREQUEST'].fields_by_name['execution_id']._loaded_options = None
   _globals['_WATCHEXECUTIONREQUEST'].fields_by_name['execution_id']._serialized_options = b'\342A\001\002'
   _globals['_WORKFLOWSERVICE'].methods_by_name['CreateWorkflow']._loaded_options = None
-  _globals['_WORKFLOWSERVICE'].methods_by_name['CreateWorkflow']._serialized_options = b'\202\323\344\223\002\031\"\r/v1/workflows:\010workflow'
+  _globals['_WORKFLOWSERVICE'].methods_by_name['CreateWorkflow']._serialized_options = b'\212\265\030\021\n\017workflows.write\202\323\344\223\002\031\"\r/v1/workflows:\010workflow'
   _globals['_WORKFLOWSERVICE'].methods_by_name['ListWorkflows']._loaded_options = None
-  _globals['_WORKFLOWSERVICE'].methods_by_name['ListWorkflows']._serialized_options = b'\202\323\344\223\002\017\022\r/v1/workflows'
+  _globals['_WORKFLOWSERVICE'].methods_by_name['ListWorkflows']._serialized_options = b'\212\265\030\020\n\016workflows.read\202\323\344\223\002\017\022\r/v1/workflows'
   _globals['_WORKFLOWSERVICE'].methods_by_name['GetWorkflow']._loaded_options = None
-  _globals['_WORKFLOWSERVICE'].methods_by_name['GetWorkflow']._serialized_options = b'\202\323\344\223\002\024\022\022/v1/workflows/{id}'
+  _globals['_WORKFLOWSERVICE'].methods_by_name['GetWorkflow']._serialized_options = b'\212\265\030\020\n\016workflows.read\202\323\344\223\002\024\022\022/v1/workflows/{id}'
   _globals['_WORKFLOWSERVICE'].methods_by_name['UpdateWorkflow']._loaded_options = None
-  _globals['_WORKFLOWSERVICE'].methods_by_name['UpdateWorkflow']._serialized_options = b'\202\323\344\223\002\'2\033/v1/workflows/{workflow.id}:\010workflow'
+  _globals['_WORKFLOWSERVICE'].methods_by_name['UpdateWorkflow']._serialized_options = b'\212\265\030\021\n\017workflows.write\202\323\344\223\002\'2\033/v1/workflows/{workflow.id}:\010workflow'
   _globals['_WORKFLOWSERVICE'].methods_by_name['DeleteWorkflow']._loaded_options = None
-  _globals['_WORKFLOWSERVICE'].methods_by_name['DeleteWorkflow']._serialized_options = b'\202\323\344\223\002\024*\022/v1/workflows/{id}'
+  _globals['_WORKFLOWSERVICE'].methods_by_name['DeleteWorkflow']._serialized_options = b'\212\265\030\021\n\017workflows.write\202\323\344\223\002\024*\022/v1/workflows/{id}'
   _globals['_WORKFLOWSERVICE'].methods_by_name['ExecuteWorkflow']._loaded_options = None
-  _globals['_WORKFLOWSERVICE'].methods_by_name['ExecuteWorkflow']._serialized_options = b'\202\323\344\223\002(\"#/v1/workflows/{workflow_id}/execute:\001*'
+  _globals['_WORKFLOWSERVICE'].methods_by_name['ExecuteWorkflow']._serialized_options = b'\212\265\030\021\n\017workflows.write\202\323\344\223\002(\"#/v1/workflows/{workflow_id}/execute:\001*'
   _globals['_WORKFLOWSERVICE'].methods_by_name['ListExecutions']._loaded_options = None
-  _globals['_WORKFLOWSERVICE'].methods_by_name['ListExecutions']._serialized_options = b'\202\323\344\223\002(\022&/v1/workflows/{workflow_id}/executions'
+  _globals['_WORKFLOWSERVICE'].methods_by_name['ListExecutions']._serialized_options = b'\212\265\030\020\n\016workflows.read\202\323\344\223\002(\022&/v1/workflows/{workflow_id}/executions'
   _globals['_WORKFLOWSERVICE'].methods_by_name['GetExecution']._loaded_options = None
-  _globals['_WORKFLOWSERVICE'].methods_by_name['GetExecution']._serialized_options = b'\202\323\344\223\0027\0225/v1/workflows/{workflow_id}/executions/{execution_id}'
+  _globals['_WORKFLOWSERVICE'].methods_by_name['GetExecution']._serialized_options = b'\212\265\030\020\n\016workflows.read\202\323\344\223\0027\0225/v1/workflows/{workflow_id}/executions/{execution_id}'
   _globals['_WORKFLOWSERVICE'].methods_by_name['ApproveExecution']._loaded_options = None
-  _globals['_WORKFLOWSERVICE'].methods_by_name['ApproveExecution']._serialized_options = b'\202\323\344\223\002B\"=/v1/workflows/{workflow_id}/executions/{execution_id}/approve:\001*'
+  _globals['_WORKFLOWSERVICE'].methods_by_name['ApproveExecution']._serialized_options = b'\212\265\030\021\n\017workflows.write\202\323\344\223\002B\"=/v1/workflows/{workflow_id}/executions/{execution_id}/approve:\001*'
   _globals['_WORKFLOWSERVICE'].methods_by_name['RejectExecution']._loaded_options = None
-  _globals['_WORKFLOWSERVICE'].methods_by_name['RejectExecution']._serialized_options = b'\202\323\344\223\002A\"</v1/workflows/{workflow_id}/executions/{execution_id}/reject:\001*'
+  _globals['_WORKFLOWSERVICE'].methods_by_name['RejectExecution']._serialized_options = b'\212\265\030\021\n\017workflows.write\202\323\344\223\002A\"</v1/workflows/{workflow_id}/executions/{execution_id}/reject:\001*'
   _globals['_WORKFLOWSERVICE'].methods_by_name['SuspendExecution']._loaded_options = None
-  _globals['_WORKFLOWSERVICE'].methods_by_name['SuspendExecution']._serialized_options = b'\202\323\344\223\002B\"=/v1/workflows/{workflow_id}/executions/{execution_id}/suspend:\001*'
+  _globals['_WORKFLOWSERVICE'].methods_by_name['SuspendExecution']._serialized_options = b'\212\265\030\021\n\017workflows.write\202\323\344\223\002B\"=/v1/workflows/{workflow_id}/executions/{execution_id}/suspend:\001*'
   _globals['_WORKFLOWSERVICE'].methods_by_name['ResumeExecution']._loaded_options = None
-  _globals['_WORKFLOWSERVICE'].methods_by_name['ResumeExecution']._serialized_options = b'\202\323\344\223\002A\"</v1/workflows/{workflow_id}/executions/{execution_id}/resume:\001*'
+  _globals['_WORKFLOWSERVICE'].methods_by_name['ResumeExecution']._serialized_options = b'\212\265\030\021\n\017workflows.write\202\323\344\223\002A\"</v1/workflows/{workflow_id}/executions/{execution_id}/resume:\001*'
   _globals['_WORKFLOWSERVICE'].methods_by_name['CancelExecution']._loaded_options = None
-  _globals['_WORKFLOWSERVICE'].methods_by_name['CancelExecution']._serialized_options = b'\202\323\344\223\002A\"</v1/workflows/{workflow_id}/executions/{execution_id}/cancel:\001*'
+  _globals['_WORKFLOWSERVICE'].methods_by_name['CancelExecution']._serialized_options = b'\212\265\030\021\n\017workflows.write\202\323\344\223\002A\"</v1/workflows/{workflow_id}/executions/{execution_id}/cancel:\001*'
   _globals['_WORKFLOWSERVICE'].methods_by_name['WatchExecution']._loaded_options = None
-  _globals['_WORKFLOWSERVICE'].methods_by_name['WatchExecution']._serialized_options = b'\202\323\344\223\002=\022;/v1/workflows/{workflow_id}/executions/{execution_id}/watch'
-  _globals['_PARALLELJOIN']._serialized_start=5384
-  _globals['_PARALLELJOIN']._serialized_end=5475
-  _globals['_EXECUTIONSTATE']._serialized_start=5478
-  _globals['_EXECUTIONSTATE']._serialized_end=5744
-  _globals['_STEPEXECUTIONSTATE']._serialized_start=5747
-  _globals['_STEPEXECUTIONSTATE']._serialized_end=5978
-  _globals['_WORKFLOW']._serialized_start=279
-  _globals['_WORKFLOW']._serialized_end=727
-  _globals['_WORKFLOW_LABELSENTRY']._serialized_start=682
-  _globals['_WORKFLOW_LABELSENTRY']._serialized_end=727
-  _globals['_WORKFLOWSTEP']._serialized_start=730
-  _globals['_WORKFLOWSTEP']._serialized_end=1231
-  _globals['_WORKFLOWAGENTSTEP']._serialized_start=1233
-  _globals['_WORKFLOWAGENTSTEP']._serialized_end=1291
-  _globals['_WORKFLOWTOOLSTEP']._serialized_start=1293
-  _globals['_WORKFLOWTOOLSTEP']._serialized_end=1378
-  _globals['_WORKFLOWPARALLELSTEP']._serialized_start=1380
-  _globals['_WORKFLOWPARALLELSTEP']._serialized_end=1464
-  _globals['_WORKFLOWCONDITIONSTEP']._serialized_start=1466
-  _globals['_WORKFLOWCONDITIONSTEP']._serialized_end=1553
-  _globals['_WORKFLOWLOOPSTEP']._serialized_start=1555
-  _globals['_WORKFLOWLOOPSTEP']._serialized_end=1632
-  _globals['_WORKFLOWAPPROVALSTEP']._serialized_start=1634
-  _globals['_WORKFLOWAPPROVALSTEP']._serialized_end=1672
-  _globals['_WORKFLOWRETRYPOLICY']._serialized_start=1674
-  _globals['_WORKFLOWRETRYPOLICY']._serialized_end=1797
-  _globals['_WORKFLOWSCHEDULE']._serialized_start=1800
-  _globals['_WORKFLOWSCHEDULE']._serialized_end=2007
-  _globals['_EXECUTION']._serialized_start=2010
-  _globals['_EXECUTION']._serialized_end=2520
-  _globals['_STEPEXECUTION']._serialized_start=2523
-  _globals['_STEPEXECUTION']._serialized_end=2807
-  _globals['_EXECUTIONEVENT']._serialized_start=2810
-  _globals['_EXECUTIONEVENT']._serialized_end=3279
-  _globals['_EXECUTIONSTATECHANGED']._serialized_start=3281
-  _globals['_EXECUTIONSTATECHANGED']._serialized_end=3379
-  _globals['_WORKFLOWSTEPSTARTED']._serialized_start=3381
-  _globals['_WORKFLOWSTEPSTARTED']._serialized_end=3477
-  _globals['_WORKFLOWSTEPCOMPLETED']._serialized_start=3479
-  _globals['_WORKFLOWSTEPCOMPLETED']._serialized_end=3578
-  _globals['_WORKFLOWSTEPFAILED']._serialized_start=3580
-  _globals['_WORKFLOWSTEPFAILED']._serialized_end=3651
-  _globals['_WORKFLOWSTEPRETRYING']._serialized_start=3653
-  _globals['_WORKFLOWSTEPRETRYING']._serialized_end=3770
-  _globals['_WORKFLOWSTEPAGENTEVENT']._serialized_start=3772
-  _globals['_WORKFLOWSTEPAGENTEVENT']._serialized_end=3873
-  _globals['_CREATEWORKFLOWREQUEST']._serialized_start=3875
-  _globals['_CREATEWORKFLOWREQUEST']._serialized_end=3963
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=3965
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=4042
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=4044
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=4131
-  _globals['_GETWORKFLOWREQUEST']._serialized_start=4133
-  _globals['_GETWORKFLOWREQUEST']._serialized_end=4171
-  _globals['_UPDATEWORKFLOWREQUEST']._serialized_start=4173
-  _globals['_UPDATEWORKFLOWREQUEST']._serialized_end=4289
-  _globals['_DELETEWORKFLOWREQUEST']._serialized_start=4291
-  _globals['_DELETEWORKFLOWREQUEST']._serialized_end=4346
-  _globals['_EXECUTEWORKFLOWREQUEST']._serialized_start=4348
-  _globals['_EXECUTEWORKFLOWREQUEST']._serialized_end=4464
-  _globals['_LISTEXECUTIONSREQUEST']._serialized_start=4466
-  _globals['_LISTEXECUTIONSREQUEST']._serialized_end=4571
-  _globals['_LISTEXECUTIONSRESPONSE']._serialized_start=4573
-  _globals['_LISTEXECUTIONSRESPONSE']._serialized_end=4663
-  _globals['_GETEXECUTIONREQUEST']._serialized_start=4665
-  _globals['_GETEXECUTIONREQUEST']._serialized_end=4741
-  _globals['_APPROVEEXECUTIONREQUEST']._serialized_start=4744
-  _globals['_APPROVEEXECUTIONREQUEST']._serialized_end=4883
-  _globals['_REJECTEXECUTIONREQUEST']._serialized_start=4885
-  _globals['_REJECTEXECUTIONREQUEST']._serialized_end=4999
-  _globals['_SUSPENDEXECUTIONREQUEST']._serialized_start=5001
-  _globals['_SUSPENDEXECUTIONREQUEST']._serialized_end=5081
-  _globals['_RESUMEEXECUTIONREQUEST']._serialized_start=5083
-  _globals['_RESUMEEXECUTIONREQUEST']._serialized_end=5202
-  _globals['_CANCELEXECUTIONREQUEST']._serialized_start=5204
-  _globals['_CANCELEXECUTIONREQUEST']._serialized_end=5283
-  _globals['_WATCHEXECUTIONREQUEST']._serialized_start=5285
-  _globals['_WATCHEXECUTIONREQUEST']._serialized_end=5382
-  _globals['_WORKFLOWSERVICE']._serialized_start=5981
-  _globals['_WORKFLOWSERVICE']._serialized_end=7804
+  _globals['_WORKFLOWSERVICE'].methods_by_name['WatchExecution']._serialized_options = b'\212\265\030\020\n\016workflows.read\202\323\344\223\002=\022;/v1/workflows/{workflow_id}/executions/{execution_id}/watch'
+  _globals['_PARALLELJOIN']._serialized_start=5408
+  _globals['_PARALLELJOIN']._serialized_end=5499
+  _globals['_EXECUTIONSTATE']._serialized_start=5502
+  _globals['_EXECUTIONSTATE']._serialized_end=5768
+  _globals['_STEPEXECUTIONSTATE']._serialized_start=5771
+  _globals['_STEPEXECUTIONSTATE']._serialized_end=6002
+  _globals['_WORKFLOW']._serialized_start=303
+  _globals['_WORKFLOW']._serialized_end=751
+  _globals['_WORKFLOW_LABELSENTRY']._serialized_start=706
+  _globals['_WORKFLOW_LABELSENTRY']._serialized_end=751
+  _globals['_WORKFLOWSTEP']._serialized_start=754
+  _globals['_WORKFLOWSTEP']._serialized_end=1255
+  _globals['_WORKFLOWAGENTSTEP']._serialized_start=1257
+  _globals['_WORKFLOWAGENTSTEP']._serialized_end=1315
+  _globals['_WORKFLOWTOOLSTEP']._serialized_start=1317
+  _globals['_WORKFLOWTOOLSTEP']._serialized_end=1402
+  _globals['_WORKFLOWPARALLELSTEP']._serialized_start=1404
+  _globals['_WORKFLOWPARALLELSTEP']._serialized_end=1488
+  _globals['_WORKFLOWCONDITIONSTEP']._serialized_start=1490
+  _globals['_WORKFLOWCONDITIONSTEP']._serialized_end=1577
+  _globals['_WORKFLOWLOOPSTEP']._serialized_start=1579
+  _globals['_WORKFLOWLOOPSTEP']._serialized_end=1656
+  _globals['_WORKFLOWAPPROVALSTEP']._serialized_start=1658
+  _globals['_WORKFLOWAPPROVALSTEP']._serialized_end=1696
+  _globals['_WORKFLOWRETRYPOLICY']._serialized_start=1698
+  _globals['_WORKFLOWRETRYPOLICY']._serialized_end=1821
+  _globals['_WORKFLOWSCHEDULE']._serialized_start=1824
+  _globals['_WORKFLOWSCHEDULE']._serialized_end=2031
+  _globals['_EXECUTION']._serialized_start=2034
+  _globals['_EXECUTION']._serialized_end=2544
+  _globals['_STEPEXECUTION']._serialized_start=2547
+  _globals['_STEPEXECUTION']._serialized_end=2831
+  _globals['_EXECUTIONEVENT']._serialized_start=2834
+  _globals['_EXECUTIONEVENT']._serialized_end=3303
+  _globals['_EXECUTIONSTATECHANGED']._serialized_start=3305
+  _globals['_EXECUTIONSTATECHANGED']._serialized_end=3403
+  _globals['_WORKFLOWSTEPSTARTED']._serialized_start=3405
+  _globals['_WORKFLOWSTEPSTARTED']._serialized_end=3501
+  _globals['_WORKFLOWSTEPCOMPLETED']._serialized_start=3503
+  _globals['_WORKFLOWSTEPCOMPLETED']._serialized_end=3602
+  _globals['_WORKFLOWSTEPFAILED']._serialized_start=3604
+  _globals['_WORKFLOWSTEPFAILED']._serialized_end=3675
+  _globals['_WORKFLOWSTEPRETRYING']._serialized_start=3677
+  _globals['_WORKFLOWSTEPRETRYING']._serialized_end=3794
+  _globals['_WORKFLOWSTEPAGENTEVENT']._serialized_start=3796
+  _globals['_WORKFLOWSTEPAGENTEVENT']._serialized_end=3897
+  _globals['_CREATEWORKFLOWREQUEST']._serialized_start=3899
+  _globals['_CREATEWORKFLOWREQUEST']._serialized_end=3987
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=3989
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=4066
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=4068
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=4155
+  _globals['_GETWORKFLOWREQUEST']._serialized_start=4157
+  _globals['_GETWORKFLOWREQUEST']._serialized_end=4195
+  _globals['_UPDATEWORKFLOWREQUEST']._serialized_start=4197
+  _globals['_UPDATEWORKFLOWREQUEST']._serialized_end=4313
+  _globals['_DELETEWORKFLOWREQUEST']._serialized_start=4315
+  _globals['_DELETEWORKFLOWREQUEST']._serialized_end=4370
+  _globals['_EXECUTEWORKFLOWREQUEST']._serialized_start=4372
+  _globals['_EXECUTEWORKFLOWREQUEST']._serialized_end=4488
+  _globals['_LISTEXECUTIONSREQUEST']._serialized_start=4490
+  _globals['_LISTEXECUTIONSREQUEST']._serialized_end=4595
+  _globals['_LISTEXECUTIONSRESPONSE']._serialized_start=4597
+  _globals['_LISTEXECUTIONSRESPONSE']._serialized_end=4687
+  _globals['_GETEXECUTIONREQUEST']._serialized_start=4689
+  _globals['_GETEXECUTIONREQUEST']._serialized_end=4765
+  _globals['_APPROVEEXECUTIONREQUEST']._serialized_start=4768
+  _globals['_APPROVEEXECUTIONREQUEST']._serialized_end=4907
+  _globals['_REJECTEXECUTIONREQUEST']._serialized_start=4909
+  _globals['_REJECTEXECUTIONREQUEST']._serialized_end=5023
+  _globals['_SUSPENDEXECUTIONREQUEST']._serialized_start=5025
+  _globals['_SUSPENDEXECUTIONREQUEST']._serialized_end=5105
+  _globals['_RESUMEEXECUTIONREQUEST']._serialized_start=5107
+  _globals['_RESUMEEXECUTIONREQUEST']._serialized_end=5226
+  _globals['_CANCELEXECUTIONREQUEST']._serialized_start=5228
+  _globals['_CANCELEXECUTIONREQUEST']._serialized_end=5307
+  _globals['_WATCHEXECUTIONREQUEST']._serialized_start=5309
+  _globals['_WATCHEXECUTIONREQUEST']._serialized_end=5406
+  _globals['_WORKFLOWSERVICE']._serialized_start=6005
+  _globals['_WORKFLOWSERVICE']._serialized_end=8119
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,1 @@
+"""Authentication (API keys, JWT), scopes per RPC, and the caller's tenant."""
