@@ -135,7 +135,7 @@ def build_components(settings: Settings) -> Components:
         features=tuple(features),
         workers=settings.workers,
     )
-    system = SystemService(info, database, agents, sessions)
+    system = SystemService(info, database, agents, sessions, bus)
     rules = rules_for([entry.descriptor() for entry in SERVICES])
     api_keys = ApiKeyService(ApiKeyRepository(database), known_scopes(rules))
     authenticator = Authenticator(
@@ -247,10 +247,32 @@ def build_server(
     return server, health_servicer
 
 
-async def set_serving(health_servicer: AsyncHealthServicer) -> None:
-    """Marks every service, and the server as a whole (`""`), SERVING."""
+LIVENESS_SERVICE = "aster.liveness"
+READINESS_INTERVAL_S = 2.0
+
+
+async def set_ready(health_servicer: AsyncHealthServicer, ready: bool) -> None:
+    """Readiness: the server as a whole (`""`) and every service are SERVING
+    while the dependencies answer, NOT_SERVING otherwise."""
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if ready
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
     for name in ["", *service_names()]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(name, status)
+
+
+async def watch_readiness(health_servicer: AsyncHealthServicer, system: SystemService) -> None:
+    """Keeps readiness in step with the database (and Redis) checks."""
+    ready = True
+    while True:
+        await asyncio.sleep(READINESS_INTERVAL_S)
+        report = await system.check_health()
+        if report.healthy != ready:
+            ready = report.healthy
+            _log.warning("readiness changed", ready=ready, checks=report.checks)
+            await set_ready(health_servicer, ready)
 
 
 async def prune_events(runs: RunService, retention_s: float) -> None:
@@ -295,7 +317,10 @@ async def run_server(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await server.start()
-    await set_serving(health_servicer)
+    # Liveness: SERVING while the process serves, whatever its dependencies.
+    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    await set_ready(health_servicer, True)
+    readiness = asyncio.create_task(watch_readiness(health_servicer, components.system))
     await components.runs.dispatch_queued()
     pruning = asyncio.create_task(prune_events(components.runs, settings.event_retention_s))
     if not components.authenticator.enabled:
@@ -319,6 +344,7 @@ async def run_server(
         _log.info("shutting down", grace_s=settings.shutdown_grace_s)
         await health_servicer.enter_graceful_shutdown()
         pruning.cancel()
+        readiness.cancel()
         await server.stop(settings.shutdown_grace_s)
         await components.close(grace_s=0)
         _log.info("stopped")

@@ -63,6 +63,10 @@ class EventBus(Protocol):
         """A subscription to `topic` for the duration of the block."""
         ...
 
+    async def ping(self) -> bool:
+        """True if the bus can deliver messages now."""
+        ...
+
     async def close(self) -> None:
         """Releases connections and tasks."""
         ...

@@ -44,5 +44,9 @@ class InProcessBus:
                 if not subscribers:
                     del self._subscribers[topic]
 
+    async def ping(self) -> bool:
+        """Always reachable."""
+        return True
+
     async def close(self) -> None:
         """Nothing to release."""

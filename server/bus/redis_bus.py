@@ -74,6 +74,14 @@ class RedisBus:
             )
             self._local.deliver(channel.removeprefix(PREFIX), json.loads(raw["data"]))
 
+    async def ping(self) -> bool:
+        """True if Redis answers PING within a second."""
+        try:
+            async with asyncio.timeout(1.0):
+                return bool(await self._redis.ping())
+        except (RedisError, OSError, TimeoutError):
+            return False
+
     async def close(self) -> None:
         """Stops the reader and closes the connections."""
         if self._reader is not None:

@@ -18,6 +18,7 @@ from aster.server.bus.base import EventBus
 from aster.server.clock import utcnow
 from aster.server.errors import AsterError, FailedPrecondition, InvalidArgument, ResourceExhausted
 from aster.server.ids import new_id
+from aster.server.observability import aster_metrics
 from aster.server.providers.base import (
     ChatMessage,
     Delta,
@@ -384,6 +385,7 @@ class RunExecutor:
                 output, error = result.output, result.error
             except AsterError as err:
                 error = err.message
+        aster_metrics.TOOL_CALLS.labels(outcome="error" if error else "ok").inc()
         emitter.emit("tool_result", tool_call_id=call.id, output=output, error=error)
         content = json.dumps({"error": error} if error else output)
         await self._sessions.append_message(
@@ -423,6 +425,7 @@ class RunExecutor:
             result_text=result.content if result else "",
         )
         await self._log.publish(last)
+        _record_metrics(outcome)
         if outcome.status is RunStatus.COMPLETED and result is not None:
             await self._checkpoint(run, result)
         _log.info("run finished", run_id=run.id, status=outcome.status.value, events=emitter.seq)
@@ -443,6 +446,14 @@ class RunExecutor:
                 create_time=utcnow(),
             ),
         )
+
+
+def _record_metrics(outcome: _Outcome) -> None:
+    aster_metrics.RUNS.labels(status=outcome.status.value).inc()
+    aster_metrics.TOKENS.labels(direction="input").inc(outcome.input_tokens)
+    aster_metrics.TOKENS.labels(direction="output").inc(outcome.output_tokens)
+    if outcome.first_token_ms is not None:
+        aster_metrics.TIME_TO_FIRST_TOKEN.observe(outcome.first_token_ms / 1000)
 
 
 def _parse_arguments(text: str) -> dict[str, Any]:

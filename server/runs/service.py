@@ -12,6 +12,7 @@ from aster.server.clock import utcnow
 from aster.server.errors import FailedPrecondition, InvalidArgument, NotFound
 from aster.server.ids import check_id, new_id
 from aster.server.limits.quotas import Quotas
+from aster.server.observability import aster_metrics
 from aster.server.pagination import Cursor, Page, decode_token, encode_token, page_size
 from aster.server.runs.dependencies import ToolRunner
 from aster.server.runs.event_log import EventLog
@@ -167,8 +168,12 @@ class RunService:
         async def finished() -> bool:
             return (await self._runs.get(tenant, run_id)).status.terminal
 
-        async for event in self._log.follow(run.id, run.session_id, after_seq, finished):
-            yield event
+        aster_metrics.ACTIVE_STREAMS.inc()
+        try:
+            async for event in self._log.follow(run.id, run.session_id, after_seq, finished):
+                yield event
+        finally:
+            aster_metrics.ACTIVE_STREAMS.dec()
 
     async def stream(self, tenant: str, request: RunRequest) -> AsyncIterator[RunEvent]:
         """Starts a run and streams it. If the caller goes away first, the

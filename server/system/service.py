@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
 from aster.server.agents.service import AgentService
+from aster.server.bus.base import EventBus
 from aster.server.clock import utcnow
 from aster.server.sessions.service import SessionService
 from aster.server.storage.database import Database
 
 VERSION = "0.1.0"
+# How long a dependency probe's answer is reused.
+PROBE_CACHE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -37,12 +42,19 @@ class SystemService:
     """Info, resource counts and dependency checks."""
 
     def __init__(
-        self, info: ServerInfo, database: Database, agents: AgentService, sessions: SessionService
+        self,
+        info: ServerInfo,
+        database: Database,
+        agents: AgentService,
+        sessions: SessionService,
+        bus: EventBus,
     ) -> None:
         self.info = info
         self._database = database
         self._agents = agents
         self._sessions = sessions
+        self._bus = bus
+        self._last: tuple[float, HealthReport] | None = None
 
     def uptime_seconds(self) -> float:
         """Seconds since this process started."""
@@ -56,8 +68,15 @@ class SystemService:
         }
 
     async def check_health(self) -> HealthReport:
-        """Pings every dependency."""
-        database_ok = await self._database.ping()
-        return HealthReport(
-            healthy=database_ok, checks={"database": "ok" if database_ok else "unavailable"}
-        )
+        """Pings the database and, when configured, Redis. The result is
+        reused for PROBE_CACHE_S, so frequent probes cost nothing."""
+        now = time.monotonic()
+        if self._last is not None and now - self._last[0] < PROBE_CACHE_S:
+            return self._last[1]
+        database_ok, bus_ok = await asyncio.gather(self._database.ping(), self._bus.ping())
+        checks = {"database": "ok" if database_ok else "unavailable"}
+        if self.info.event_bus == "redis":
+            checks["redis"] = "ok" if bus_ok else "unavailable"
+        report = HealthReport(healthy=all(v == "ok" for v in checks.values()), checks=checks)
+        self._last = (now, report)
+        return report
