@@ -39,7 +39,7 @@ from aster.server.rpc.error_interceptor import ErrorInterceptor
 from aster.server.rpc.pending import with_pending_methods
 from aster.server.runs.event_log import EventLog
 from aster.server.runs.executor import RunExecutor
-from aster.server.runs.limits import RunLimits
+from aster.server.runs.limits import LeaseSettings, RunLimits
 from aster.server.runs.service import RunService
 from aster.server.sessions.service import SessionService
 from aster.server.sessions.servicer import SessionServicer
@@ -123,7 +123,15 @@ def build_components(settings: Settings) -> Components:
         max_input_chars=settings.max_input_chars,
     )
     executor = RunExecutor(
-        run_repository, session_repository, agents, event_log, bus, providers, tools, limits
+        run_repository,
+        session_repository,
+        agents,
+        event_log,
+        bus,
+        providers,
+        tools,
+        limits,
+        LeaseSettings(lease_s=settings.run_lease_s, poll_s=settings.queue_poll_s),
     )
     runs = RunService(run_repository, sessions, agents, tools, event_log, executor, limits, quotas)
     features = ["reflection"] if settings.reflection_enabled else []
@@ -302,9 +310,6 @@ async def run_server(
     components = build_components(settings)
     if migrate:
         await migrations.upgrade(components.database)
-        failed = await components.runs.recover()
-        if failed:
-            _log.warning("runs interrupted by a restart marked FAILED", runs=failed)
     await components.executor.start()
     server, health_servicer = build_server(settings, components)
     address = f"{settings.grpc_host}:{settings.grpc_port}"
@@ -321,7 +326,6 @@ async def run_server(
     await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     await set_ready(health_servicer, True)
     readiness = asyncio.create_task(watch_readiness(health_servicer, components.system))
-    await components.runs.dispatch_queued()
     pruning = asyncio.create_task(prune_events(components.runs, settings.event_retention_s))
     if not components.authenticator.enabled:
         _log.warning(

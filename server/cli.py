@@ -23,8 +23,11 @@ SETTINGS_ARGS = tuple(Settings.model_fields)
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (each overrides its ASTER_* variable)")
     for name in SETTINGS_ARGS:
+        flags = [f"--{name.replace('_', '-')}"]
+        if name == "upstreams":
+            flags.append("--upstream")
         group.add_argument(
-            f"--{name.replace('_', '-')}",
+            *flags,
             dest=name,
             default=None,
             metavar=name.upper(),

@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     run_max_tokens: int = Field(100_000, ge=1)
     run_timeout_s: float = Field(600.0, gt=0)
     max_input_chars: int = Field(100_000, ge=1)
+    # A run's lease: renewed by its worker every third of this; a worker
+    # silent for longer loses the run to another worker (as a new attempt).
+    run_lease_s: float = Field(10.0, ge=1)
+    # How often each worker looks for queued runs it can take.
+    queue_poll_s: float = Field(0.5, gt=0)
     # How long a finished run's events stay replayable (StreamRun).
     event_retention_s: float = Field(86_400.0, gt=0)
     # Authentication: `none`, `api_key`, `jwt` or `api_key,jwt`.

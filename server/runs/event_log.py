@@ -13,7 +13,7 @@ import structlog
 
 from aster.server.bus.base import EventBus, Lagged
 from aster.server.clock import as_utc
-from aster.server.runs.models import RunEvent
+from aster.server.runs.models import LeaseLost, RunEvent
 from aster.server.storage.run_repository import RunRepository
 
 _log = structlog.get_logger("aster.runs")
@@ -78,9 +78,12 @@ class EventLog:
                 batch.append(self._queue.get_nowait())
             events = [event for event, _ in batch]
             try:
-                await self._repository.append_events(events)
-                for event in events:
-                    await self._bus.publish(topic(event.run_id), _to_message(event))
+                fenced = await self._repository.append_events(events)
+                for event, done in batch:
+                    if (event.run_id, event.attempt) in fenced:
+                        done.set_exception(LeaseLost(event.run_id))
+                    else:
+                        await self._bus.publish(topic(event.run_id), _to_message(event))
             except Exception as err:
                 _log.error("storing run events failed", error=str(err), count=len(events))
                 for _, done in batch:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -33,7 +33,7 @@ from aster.server.providers.base import (
 )
 from aster.server.runs.dependencies import ProviderSource, ToolRunner
 from aster.server.runs.event_log import EventLog
-from aster.server.runs.limits import RunLimits
+from aster.server.runs.limits import LeaseSettings, RunLimits
 from aster.server.runs.models import Run, RunEvent, RunStatus
 from aster.server.sessions.models import Checkpoint, Message, ToolCallRecord
 from aster.server.storage.run_repository import RunRepository
@@ -102,7 +102,10 @@ class RunExecutor:
         providers: ProviderSource,
         tools: ToolRunner,
         limits: RunLimits,
+        lease: LeaseSettings | None = None,
     ) -> None:
+        self.owner = new_id("wrk")
+        self._lease = lease or LeaseSettings()
         self._runs = runs
         self._sessions = sessions
         self._agents = agents
@@ -113,14 +116,65 @@ class RunExecutor:
         self._limits = limits
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[str] = set()
+        # Runs this worker lost to another attempt: they end without a trace.
+        self._fenced: set[str] = set()
         self._shutting_down = False
-        self._control: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
         self._listening = asyncio.Event()
 
     async def start(self) -> None:
-        """Starts listening for cancellations from other replicas."""
-        self._control = asyncio.create_task(self._listen(), name="run-control")
+        """Starts the worker: cancellations from other replicas, the queue
+        poller, lease renewal and the rescue of lapsed leases."""
+        self._loops = [
+            asyncio.create_task(self._listen(), name="run-control"),
+            asyncio.create_task(self._every(self._lease.poll_s, self._poll), name="run-poll"),
+            asyncio.create_task(
+                self._every(self._lease.lease_s / 3, self._renew), name="run-leases"
+            ),
+            asyncio.create_task(
+                self._every(self._lease.lease_s / 2, self._rescue), name="run-rescue"
+            ),
+        ]
         await asyncio.wait_for(self._listening.wait(), 10)
+
+    async def _every(self, interval_s: float, work: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            try:
+                await work()
+            except Exception as err:
+                _log.warning("run worker loop failed; retrying", loop=work.__name__, error=str(err))
+            await asyncio.sleep(interval_s)
+
+    async def _poll(self) -> None:
+        """Takes queued runs nobody is executing (rescued ones, or runs
+        whose predecessor ended elsewhere)."""
+        room = self._lease.max_runs - len(self._tasks)
+        if room <= 0 or self._shutting_down:
+            return
+        for run in await self._runs.claim(self.owner, utcnow(), self._lease.lease_s, room):
+            self._spawn(run, self._started(run))
+
+    async def _renew(self) -> None:
+        """Extends this worker's leases; a run whose lease was lost (this
+        worker stalled past it) is stopped without writing anything more."""
+        running = [run_id for run_id, task in self._tasks.items() if not task.done()]
+        held = await self._runs.renew(self.owner, running, utcnow(), self._lease.lease_s)
+        for run_id in set(running) - held:
+            current = await self._runs.get_any(run_id)
+            if current is None or current.status is not RunStatus.RUNNING:
+                continue  # waiting for its predecessor, or finishing
+            if current.lease_owner == self.owner:
+                continue
+            _log.warning("lease lost; stopping the run here", run_id=run_id)
+            self._fenced.add(run_id)
+            self.cancel_local(run_id)
+
+    async def _rescue(self) -> None:
+        """Re-queues runs whose worker stopped renewing their lease."""
+        rescued = await self._runs.rescue(utcnow())
+        if rescued:
+            _log.warning("rescued runs whose lease lapsed", runs=rescued)
+            await self._poll()
 
     async def _listen(self) -> None:
         async with self._bus.subscribe(CONTROL_TOPIC) as control:
@@ -131,10 +185,22 @@ class RunExecutor:
                     self.cancel_local(str(message["cancel"]))
 
     def dispatch(self, run: Run) -> None:
-        """Executes `run` in the background (after its predecessor, if any)."""
-        task = asyncio.create_task(self._execute(run), name=f"run-{run.id}")
+        """Executes `run` here, after its predecessor, if this worker gets
+        its lease first."""
+        self._spawn(run, self._execute(run))
+
+    def _spawn(self, run: Run, work: Coroutine[Any, Any, None]) -> None:
+        if run.id in self._tasks:
+            work.close()
+            return
+        task = asyncio.create_task(work, name=f"run-{run.id}")
         self._tasks[run.id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(run.id, None))
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._tasks.pop(run.id, None)
+            self._fenced.discard(run.id)
+
+        task.add_done_callback(done)
 
     def cancel_local(self, run_id: str) -> bool:
         """Cancels the run if this process executes it (once: a second
@@ -159,14 +225,15 @@ class RunExecutor:
         self._shutting_down = True
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=grace_s)
+        for loop in self._loops:
+            loop.cancel()
         for task in list(self._tasks.values()):
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=5)
-        if self._control is not None:
-            self._control.cancel()
+        for loop in self._loops:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._control
+                await loop
 
     async def _wait_for(self, predecessor_id: str, session_id: str) -> None:
         predecessor = await self._runs.get_any(predecessor_id)
@@ -192,14 +259,18 @@ class RunExecutor:
                 last = emitter.next_event(
                     "run_finished", status=RunStatus.CANCELLED.value, result=None
                 )
-                await self._runs.append_events([last])
+                await self._runs.append_final_event(last)
                 await self._log.publish(last)
             return
-        if not await self._runs.start(run.id, utcnow()):
-            return  # cancelled while queued, or started by another worker
-        await self._run_started(run, emitter)
+        leased = await self._runs.lease(run.id, self.owner, utcnow(), self._lease.lease_s)
+        if leased is None:
+            return  # cancelled while queued, or taken by another worker
+        await self._started(leased)
 
-    async def _run_started(self, run: Run, emitter: _Emitter) -> None:
+    async def _started(self, run: Run) -> None:
+        """Executes a run this worker leased (from its last stored event on,
+        if it is a later attempt)."""
+        emitter = _Emitter(run, self._log, seq=run.last_seq)
         outcome = _Outcome()
         started = time.monotonic()
         try:
@@ -209,9 +280,11 @@ class RunExecutor:
             async with asyncio.timeout(self._limits.timeout_s):
                 await self._loop(run, emitter, outcome, started)
         except asyncio.CancelledError:
+            if run.id in self._fenced:
+                return  # another attempt owns the run now
             if self._shutting_down and run.background:
                 await emitter.flush()
-                return  # left RUNNING: the next start queues it again
+                return  # left RUNNING: its lease lapses and another worker resumes it
             outcome.status, outcome.error_code = RunStatus.CANCELLED, "CANCELLED"
             outcome.error = (
                 "the server shut down" if self._shutting_down else "the run was cancelled"
@@ -235,18 +308,24 @@ class RunExecutor:
         agent = await self._agents.get(run.tenant, run.agent_id)
         if agent.spec.state is AgentState.DISABLED:
             raise FailedPrecondition(f"agent {agent.id!r} is disabled", field="agent_id")
-        user = await self._sessions.append_message(
-            run.tenant,
-            Message(
-                id=new_id("msg"),
-                session_id=run.session_id,
-                role="user",
-                content=run.input_text,
-                create_time=utcnow(),
-                run_id=run.id,
-            ),
-        )
-        await self._runs.update(run.id, input_message_id=user.id)
+        if run.input_message_id:
+            # A later attempt: back to the last checkpoint plus the user's message.
+            await self._sessions.forget_run(
+                run.tenant, run.session_id, run.id, run.input_message_id
+            )
+        else:
+            user = await self._sessions.append_message(
+                run.tenant,
+                Message(
+                    id=new_id("msg"),
+                    session_id=run.session_id,
+                    role="user",
+                    content=run.input_text,
+                    create_time=utcnow(),
+                    run_id=run.id,
+                ),
+            )
+            await self._runs.update(run.id, input_message_id=user.id)
         tools: Sequence[ToolSpec] = ()
         tool_ids: dict[str, str] = {}
         if agent.spec.tools:
@@ -412,9 +491,13 @@ class RunExecutor:
             result=_message_data(result) if result else None,
         )
         now = utcnow()
-        await self._runs.finish(
+        checkpoint = None
+        if outcome.status is RunStatus.COMPLETED and result is not None:
+            checkpoint = await self._checkpoint(run, result)
+        stored = await self._runs.finish(
             run.id,
             last,
+            checkpoint,
             status=outcome.status.value,
             end_time=now,
             error=outcome.error,
@@ -424,27 +507,26 @@ class RunExecutor:
             result_message_id=result.id if result else "",
             result_text=result.content if result else "",
         )
+        if not stored:
+            _log.warning("lease lost before the run ended; nothing written", run_id=run.id)
+            return
         await self._log.publish(last)
         _record_metrics(outcome)
-        if outcome.status is RunStatus.COMPLETED and result is not None:
-            await self._checkpoint(run, result)
         _log.info("run finished", run_id=run.id, status=outcome.status.value, events=emitter.seq)
 
-    async def _checkpoint(self, run: Run, last: Message) -> None:
+    async def _checkpoint(self, run: Run, last: Message) -> Checkpoint:
+        """The session's checkpoint after this run (stored with its end)."""
         turn, count = await self._sessions.next_turn(run.tenant, run.session_id)
-        await self._sessions.add_checkpoint(
-            run.tenant,
-            Checkpoint(
-                id=new_id("ckp"),
-                session_id=run.session_id,
-                run_id=run.id,
-                turn=turn,
-                message_count=count,
-                last_position=last.position,
-                last_message_id=last.id,
-                state={},
-                create_time=utcnow(),
-            ),
+        return Checkpoint(
+            id=new_id("ckp"),
+            session_id=run.session_id,
+            run_id=run.id,
+            turn=turn,
+            message_count=count,
+            last_position=last.position,
+            last_message_id=last.id,
+            state={},
+            create_time=utcnow(),
         )
 
 

@@ -13,3 +13,13 @@ class RunLimits:
     max_tokens: int = 100_000
     timeout_s: float = 600.0
     max_input_chars: int = 100_000
+
+
+@dataclass(frozen=True)
+class LeaseSettings:
+    """How this worker leases runs from the shared queue."""
+
+    lease_s: float = 10.0
+    poll_s: float = 0.5
+    # Runs one worker executes at once; more stay queued for other workers.
+    max_runs: int = 1000

@@ -8,6 +8,10 @@ from enum import StrEnum
 from typing import Any
 
 
+class LeaseLost(Exception):
+    """This worker no longer holds the run: another attempt owns it now."""
+
+
 class RunStatus(StrEnum):
     """Where a run is in its life."""
 
@@ -64,6 +68,7 @@ class Run:
     error: str = ""
     first_token_ms: float | None = None
     last_seq: int = 0
+    lease_owner: str = ""
     start_time: datetime | None = None
     end_time: datetime | None = None
 

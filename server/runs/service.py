@@ -225,15 +225,3 @@ class RunService:
     async def prune_events(self, retention_s: float) -> int:
         """Deletes the events of runs that ended more than `retention_s` ago."""
         return await self._runs.prune_events(utcnow() - timedelta(seconds=retention_s))
-
-    async def recover(self) -> int:
-        """Ends the runs a crash left RUNNING; returns how many failed."""
-        return await self._runs.recover(utcnow())
-
-    async def dispatch_queued(self) -> int:
-        """Dispatches every QUEUED run (after a restart); only one worker
-        gets to start each."""
-        queued = await self._runs.queued()
-        for run in queued:
-            self._executor.dispatch(run)
-        return len(queued)

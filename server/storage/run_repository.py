@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from aster.server.clock import as_utc
 from aster.server.errors import NotFound
@@ -18,8 +19,10 @@ from aster.server.runs.models import (
     RunEvent,
     RunStatus,
 )
+from aster.server.sessions.models import Checkpoint
 from aster.server.storage.database import Database
 from aster.server.storage.run_tables import RunEventRow, RunRow, SessionRow
+from aster.server.storage.session_repository import checkpoint_row
 
 _ACTIVE = [s.value for s in ACTIVE_STATUSES]
 
@@ -117,15 +120,86 @@ class RunRepository:
         async with self._db.session() as db:
             await db.execute(update(RunRow).where(RunRow.id == run_id).values(**values))
 
-    async def start(self, run_id: str, start_time: datetime) -> bool:
-        """QUEUED → RUNNING; False if the run is no longer QUEUED (cancelled)."""
+    async def lease(self, run_id: str, owner: str, now: datetime, lease_s: float) -> Run | None:
+        """QUEUED → RUNNING, leased to `owner`; None if someone else took it
+        or it is no longer QUEUED (cancelled)."""
         async with self._db.session() as db:
-            result = await db.execute(
-                update(RunRow)
-                .where(RunRow.id == run_id, RunRow.status == RunStatus.QUEUED.value)
-                .values(status=RunStatus.RUNNING.value, start_time=start_time)
+            if not await _take(db, run_id, owner, now, lease_s):
+                return None
+            row = await db.get(RunRow, run_id)
+            return None if row is None else _to_run(row)
+
+    async def claim(self, owner: str, now: datetime, lease_s: float, limit: int) -> list[Run]:
+        """Leases up to `limit` QUEUED runs whose predecessor (ENQUEUE) has
+        ended, oldest first. PostgreSQL skips rows other workers are
+        claiming (FOR UPDATE SKIP LOCKED); SQLite serialises writers."""
+        waiting = select(RunRow.id).where(RunRow.status.in_(_ACTIVE)).scalar_subquery()
+        query = (
+            select(RunRow.id)
+            .where(
+                RunRow.status == RunStatus.QUEUED.value,
+                or_(RunRow.after_run_id == "", RunRow.after_run_id.not_in(waiting)),
             )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            .order_by(RunRow.create_time, RunRow.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        taken: list[Run] = []
+        async with self._db.session() as db:
+            for run_id in (await db.scalars(query)).all():
+                if await _take(db, run_id, owner, now, lease_s):
+                    row = await db.get(RunRow, run_id)
+                    if row is not None:
+                        taken.append(_to_run(row))
+        return taken
+
+    async def renew(
+        self, owner: str, run_ids: Sequence[str], now: datetime, lease_s: float
+    ) -> set[str]:
+        """Extends `owner`'s leases on `run_ids`; returns the ones it still holds."""
+        if not run_ids:
+            return set()
+        mine = (
+            RunRow.id.in_(list(run_ids)),
+            RunRow.lease_owner == owner,
+            RunRow.status == RunStatus.RUNNING.value,
+        )
+        async with self._db.session() as db:
+            await db.execute(
+                update(RunRow).where(*mine).values(lease_expires=now + timedelta(seconds=lease_s))
+            )
+            return set((await db.scalars(select(RunRow.id).where(*mine))).all())
+
+    async def rescue(self, now: datetime) -> list[str]:
+        """Re-queues, as their next attempt, the RUNNING runs whose lease
+        lapsed (their worker died or stalled); returns their ids."""
+        async with self._db.session() as db:
+            lapsed = (
+                await db.execute(
+                    select(RunRow.id, RunRow.attempt).where(
+                        RunRow.status == RunStatus.RUNNING.value, RunRow.lease_expires < now
+                    )
+                )
+            ).all()
+            rescued = []
+            for run_id, attempt in lapsed:
+                result = await db.execute(
+                    update(RunRow)
+                    .where(
+                        RunRow.id == run_id,
+                        RunRow.attempt == attempt,
+                        RunRow.status == RunStatus.RUNNING.value,
+                    )
+                    .values(
+                        status=RunStatus.QUEUED.value,
+                        attempt=attempt + 1,
+                        lease_owner="",
+                        lease_expires=None,
+                    )
+                )
+                if result.rowcount:  # type: ignore[attr-defined]
+                    rescued.append(run_id)
+        return rescued
 
     async def cancel_queued(self, run_id: str, end_time: datetime) -> bool:
         """QUEUED → CANCELLED; False if the run already started or ended."""
@@ -157,46 +231,72 @@ class RunRepository:
             ).all()
         return [_to_run(r) for r in rows]
 
-    async def finish(self, run_id: str, last_event: RunEvent, **values: Any) -> None:
-        """Stores a run's final state and its last event in one transaction,
-        so whoever sees the run ended can also read its last event."""
+    async def finish(
+        self,
+        run_id: str,
+        last_event: RunEvent,
+        checkpoint: Checkpoint | None = None,
+        **values: Any,
+    ) -> bool:
+        """Stores a run's final state, its last event and the session's new
+        checkpoint in one transaction, so whoever sees the run ended also
+        sees them. False (and nothing stored) if the attempt lost its lease:
+        fencing."""
         async with self._db.session() as db:
-            db.add(
-                RunEventRow(
-                    run_id=last_event.run_id,
-                    seq=last_event.seq,
-                    attempt=last_event.attempt,
-                    kind=last_event.kind,
-                    data=last_event.data,
-                    create_time=last_event.create_time,
+            result = await db.execute(
+                update(RunRow)
+                .where(
+                    RunRow.id == run_id,
+                    RunRow.attempt == last_event.attempt,
+                    RunRow.status.in_(_ACTIVE),
                 )
+                .values(**values, last_seq=last_event.seq, lease_owner="", lease_expires=None)
             )
-            await db.execute(
-                update(RunRow).where(RunRow.id == run_id).values(**values, last_seq=last_event.seq)
-            )
+            if not result.rowcount:  # type: ignore[attr-defined]
+                return False
+            db.add(_event_row(last_event))
+            if checkpoint is not None:
+                row = await db.get(RunRow, run_id)
+                assert row is not None
+                db.add(checkpoint_row(row.tenant, checkpoint))
+        return True
 
-    async def append_events(self, events: Sequence[RunEvent]) -> None:
+    async def append_events(self, events: Sequence[RunEvent]) -> set[tuple[str, int]]:
         """Stores events (of any runs) in one transaction and advances each
-        run's `last_seq`."""
+        run's `last_seq`. Events of an attempt that is no longer the run's
+        current one, or of a run no longer active, are refused (fencing: a
+        worker that lost its lease writes nothing); returns those
+        (run id, attempt) pairs."""
         if not events:
-            return
-        last: dict[str, int] = {}
+            return set()
+        groups: dict[tuple[str, int], list[RunEvent]] = {}
+        for event in events:
+            groups.setdefault((event.run_id, event.attempt), []).append(event)
+        fenced: set[tuple[str, int]] = set()
         async with self._db.session() as db:
-            db.add_all(
-                RunEventRow(
-                    run_id=e.run_id,
-                    seq=e.seq,
-                    attempt=e.attempt,
-                    kind=e.kind,
-                    data=e.data,
-                    create_time=e.create_time,
+            for (run_id, attempt), group in groups.items():
+                result = await db.execute(
+                    update(RunRow)
+                    .where(
+                        RunRow.id == run_id,
+                        RunRow.attempt == attempt,
+                        RunRow.status.in_(_ACTIVE),
+                    )
+                    .values(last_seq=max(e.seq for e in group))
                 )
-                for e in events
+                if not result.rowcount:  # type: ignore[attr-defined]
+                    fenced.add((run_id, attempt))
+                    continue
+                db.add_all(_event_row(e) for e in group)
+        return fenced
+
+    async def append_final_event(self, event: RunEvent) -> None:
+        """Stores the last event of a run that already ended (cancelled while queued)."""
+        async with self._db.session() as db:
+            db.add(_event_row(event))
+            await db.execute(
+                update(RunRow).where(RunRow.id == event.run_id).values(last_seq=event.seq)
             )
-            for event in events:
-                last[event.run_id] = max(last.get(event.run_id, 0), event.seq)
-            for run_id, seq in last.items():
-                await db.execute(update(RunRow).where(RunRow.id == run_id).values(last_seq=seq))
 
     async def events(
         self, run_id: str, session_id: str, after_seq: int, limit: int
@@ -289,41 +389,37 @@ class RunRepository:
             float(totals[2] or 0.0),
         )
 
-    async def recover(self, now: datetime) -> int:
-        """After a crash: RUNNING foreground runs become FAILED ("server
-        restarted"), RUNNING background runs QUEUED again as a new attempt.
-        Returns how many failed."""
-        async with self._db.session() as db:
-            failed = await db.execute(
-                update(RunRow)
-                .where(RunRow.status == RunStatus.RUNNING.value, RunRow.background.is_(False))
-                .values(status=RunStatus.FAILED.value, error="server restarted", end_time=now)
-            )
-            await db.execute(
-                update(RunRow)
-                .where(RunRow.status == RunStatus.RUNNING.value, RunRow.background.is_(True))
-                .values(status=RunStatus.QUEUED.value, attempt=RunRow.attempt + 1)
-            )
-        return int(failed.rowcount)  # type: ignore[attr-defined]
-
-    async def queued(self) -> list[Run]:
-        """Every QUEUED run, oldest first."""
-        async with self._db.session() as db:
-            rows = (
-                await db.scalars(
-                    select(RunRow)
-                    .where(RunRow.status == RunStatus.QUEUED.value)
-                    .order_by(RunRow.create_time, RunRow.id)
-                )
-            ).all()
-        return [_to_run(r) for r in rows]
-
     async def prune_events(self, ended_before: datetime) -> int:
         """Deletes the events of runs that ended before `ended_before`."""
         finished = select(RunRow.id).where(RunRow.end_time < ended_before)
         async with self._db.session() as db:
             result = await db.execute(delete(RunEventRow).where(RunEventRow.run_id.in_(finished)))
         return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _event_row(event: RunEvent) -> RunEventRow:
+    return RunEventRow(
+        run_id=event.run_id,
+        seq=event.seq,
+        attempt=event.attempt,
+        kind=event.kind,
+        data=event.data,
+        create_time=event.create_time,
+    )
+
+
+async def _take(db: AsyncSession, run_id: str, owner: str, now: datetime, lease_s: float) -> bool:
+    result = await db.execute(
+        update(RunRow)
+        .where(RunRow.id == run_id, RunRow.status == RunStatus.QUEUED.value)
+        .values(
+            status=RunStatus.RUNNING.value,
+            lease_owner=owner,
+            lease_expires=now + timedelta(seconds=lease_s),
+            start_time=func.coalesce(RunRow.start_time, now),
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def _to_row(run: Run) -> RunRow:
@@ -373,6 +469,7 @@ def _to_run(row: RunRow) -> Run:
         error=row.error,
         first_token_ms=row.first_token_ms,
         last_seq=row.last_seq,
+        lease_owner=row.lease_owner,
         start_time=as_utc(row.start_time) if row.start_time else None,
         end_time=as_utc(row.end_time) if row.end_time else None,
     )

@@ -97,6 +97,10 @@ class RunRow(Base):
     # The run this one waits for (ENQUEUE), if any.
     after_run_id: Mapped[str] = mapped_column(String(63), default="")
     first_token_ms: Mapped[float | None] = mapped_column(Float, default=None)
+    # The worker executing the run and until when its lease holds; a lease
+    # that lapses (its worker died) is rescued as the next attempt.
+    lease_owner: Mapped[str] = mapped_column(String(63), default="")
+    lease_expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     start_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

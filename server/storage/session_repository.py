@@ -189,16 +189,6 @@ class SessionRepository:
         async with self._db.session() as db:
             return [_to_message(r) for r in (await db.scalars(query)).all()]
 
-    async def add_checkpoint(self, tenant: str, checkpoint: Checkpoint) -> None:
-        """Stores a checkpoint."""
-        async with self._db.session() as db:
-            db.add(
-                CheckpointRow(
-                    tenant=tenant,
-                    **{f.name: getattr(checkpoint, f.name) for f in dataclasses.fields(checkpoint)},
-                )
-            )
-
     async def next_turn(self, tenant: str, session_id: str) -> tuple[int, int]:
         """The number of the session's next checkpoint, and its active message count."""
         async with self._db.session() as db:
@@ -251,6 +241,21 @@ class SessionRepository:
                 resource="checkpoint",
             )
         return _to_checkpoint(row)
+
+    async def forget_run(self, tenant: str, session_id: str, run_id: str, keep_id: str) -> None:
+        """Deactivates what an earlier attempt of `run_id` wrote, but `keep_id`
+        (its user message), so a new attempt starts from the last checkpoint."""
+        async with self._db.session() as db:
+            await db.execute(
+                update(MessageRow)
+                .where(
+                    MessageRow.tenant == tenant,
+                    MessageRow.session_id == session_id,
+                    MessageRow.run_id == run_id,
+                    MessageRow.id != keep_id,
+                )
+                .values(active=False)
+            )
 
     async def rewind(self, tenant: str, session_id: str, last_position: int) -> int:
         """Deactivates the messages after `last_position`; returns how many."""
@@ -331,6 +336,14 @@ class SessionRepository:
             output_tokens=int(runs[2]),
             last_activity_time=max(times) if times else None,
         )
+
+
+def checkpoint_row(tenant: str, checkpoint: Checkpoint) -> CheckpointRow:
+    """The row of a checkpoint (stored with the end of its run)."""
+    return CheckpointRow(
+        tenant=tenant,
+        **{f.name: getattr(checkpoint, f.name) for f in dataclasses.fields(checkpoint)},
+    )
 
 
 async def _row(db: AsyncSession, tenant: str, session_id: str) -> SessionRow:

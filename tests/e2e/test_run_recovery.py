@@ -27,9 +27,9 @@ async def wait_status(
             await asyncio.sleep(0.05)
 
 
-async def test_a_crash_fails_foreground_runs_and_requeues_background_ones(tmp_path: Path) -> None:
+async def test_runs_of_a_crashed_server_resume_as_a_new_attempt(tmp_path: Path) -> None:
     ports = Ports()
-    server = start_server(ports, tmp_path)
+    server = start_server(ports, tmp_path, ASTER_RUN_LEASE_S="2")
     text = words(150)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
         agents = agent_pb2_grpc.AgentServiceStub(channel)
@@ -47,13 +47,15 @@ async def test_a_crash_fails_foreground_runs_and_requeues_background_ones(tmp_pa
     server.popen.send_signal(signal.SIGKILL)
     server.popen.wait(10)
     server.stop()
-    restarted = start_server(ports, tmp_path)
+    restarted = start_server(ports, tmp_path, ASTER_RUN_LEASE_S="2")
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
             agents = agent_pb2_grpc.AgentServiceStub(channel)
-            failed = await agents.GetRun(agent_pb2.GetRunRequest(run_id=fg_run))
-            assert failed.status == run_pb2.RUN_STATUS_FAILED
-            assert failed.error == "server restarted"
+            # The foreground run (whose client walked away with ON_DISCONNECT_CONTINUE)
+            # is rescued too, from its last checkpoint.
+            resumed = await wait_status(agents, fg_run)
+            assert (resumed.status, resumed.attempt) == (COMPLETED, 2)
+            assert resumed.result.content == text
             rescued = await wait_status(agents, background.id)
             assert rescued.status == COMPLETED
             assert rescued.attempt == 2

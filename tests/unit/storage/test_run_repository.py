@@ -65,19 +65,47 @@ async def test_admission_sees_active_runs_and_can_refuse(database: Database) -> 
         await runs.get("t2", first.id)
 
 
-async def test_recovery_fails_foreground_and_requeues_background(database: Database) -> None:
+async def test_leases_rescue_and_fencing(database: Database) -> None:
     runs = RunRepository(database)
     s = await session(database)
-    foreground, _ = await runs.admit("t1", run(s.id), lambda _: "")
-    background, _ = await runs.admit("t1", run(s.id, background=True), lambda _: "")
-    for item in (foreground, background):
-        assert await runs.start(item.id, utcnow())
-    assert await runs.recover(utcnow()) == 1
-    failed = await runs.get("t1", foreground.id)
-    assert (failed.status, failed.error) == (RunStatus.FAILED, "server restarted")
-    again = await runs.get("t1", background.id)
-    assert (again.status, again.attempt) == (RunStatus.QUEUED, 2)
-    assert [r.id for r in await runs.queued()] == [background.id]
+    queued, _ = await runs.admit("t1", run(s.id), lambda _: "")
+    leased = await runs.lease(queued.id, "w1", utcnow(), 10)
+    assert leased is not None and leased.status is RunStatus.RUNNING
+    assert leased.lease_owner == "w1"
+    assert await runs.lease(queued.id, "w2", utcnow(), 10) is None
+    assert await runs.renew("w1", [queued.id], utcnow(), 10) == {queued.id}
+    assert await runs.renew("w2", [queued.id], utcnow(), 10) == set()
+    # w1 stalls: its lease lapses and the run is queued again as attempt 2.
+    assert await runs.rescue(utcnow() + timedelta(seconds=11)) == [queued.id]
+    requeued = await runs.get("t1", queued.id)
+    assert (requeued.status, requeued.attempt) == (RunStatus.QUEUED, 2)
+    taken = await runs.claim("w2", utcnow(), 10, 10)
+    assert [r.id for r in taken] == [queued.id]
+    # The zombie (attempt 1) can neither write events nor finish the run.
+    zombie = RunEvent(queued.id, s.id, 1, 1, "text_delta", {"delta": "x"}, utcnow())
+    assert await runs.append_events([zombie]) == {(queued.id, 1)}
+    assert not await runs.finish(queued.id, zombie, status=RunStatus.COMPLETED.value)
+    fresh = RunEvent(queued.id, s.id, 1, 2, "run_retry", {"attempt": 2}, utcnow())
+    assert await runs.append_events([fresh]) == set()
+    last = RunEvent(queued.id, s.id, 2, 2, "run_finished", {"status": "COMPLETED"}, utcnow())
+    assert await runs.finish(queued.id, last, status=RunStatus.COMPLETED.value)
+    assert [(e.seq, e.attempt) for e in await runs.events(queued.id, s.id, 0, 10)] == [
+        (1, 2),
+        (2, 2),
+    ]
+
+
+async def test_claim_waits_for_the_predecessor(database: Database) -> None:
+    runs = RunRepository(database)
+    s = await session(database)
+    first, _ = await runs.admit("t1", run(s.id), lambda _: "")
+    second, _ = await runs.admit("t1", run(s.id), no_wait)
+    assert second.after_run_id == first.id
+    assert [r.id for r in await runs.claim("w", utcnow(), 10, 10)] == [first.id]
+    assert await runs.claim("w", utcnow(), 10, 10) == []
+    done = RunEvent(first.id, s.id, 1, 1, "run_finished", {"status": "COMPLETED"}, utcnow())
+    assert await runs.finish(first.id, done, status=RunStatus.COMPLETED.value)
+    assert [r.id for r in await runs.claim("w", utcnow(), 10, 10)] == [second.id]
 
 
 async def test_events_replay_in_order_and_expire(database: Database) -> None:
@@ -86,6 +114,7 @@ async def test_events_replay_in_order_and_expire(database: Database) -> None:
     old, _ = await runs.admit("t1", run(s.id), lambda _: "")
     new, _ = await runs.admit("t1", run(s.id), lambda _: "")
     for item in (old, new):
+        await runs.lease(item.id, "w", utcnow(), 10)
         await runs.append_events(
             [
                 RunEvent(item.id, s.id, seq, 1, "text_delta", {"delta": str(seq)}, utcnow())
@@ -109,5 +138,5 @@ async def test_cancelling_a_queued_run_only_once(database: Database) -> None:
     queued, _ = await runs.admit("t1", run(s.id), lambda _: "")
     assert await runs.cancel_queued(queued.id, utcnow())
     assert not await runs.cancel_queued(queued.id, utcnow())
-    assert not await runs.start(queued.id, utcnow())
+    assert await runs.lease(queued.id, "w", utcnow(), 10) is None
     assert (await runs.get("t1", queued.id)).status is RunStatus.CANCELLED
