@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.stamp-installed
 BUF := node_modules/.bin/buf
 PYROOT := build/pyroot
 
-.PHONY: up test lint gen check-gen buf-deps buf-lint buf-breaking typecheck bench venv clean
+.PHONY: up test soak lint gen check-gen buf-deps buf-lint buf-breaking typecheck bench venv clean
 
 up: check-gen
 	$(BIN)/aster up
@@ -60,6 +60,10 @@ test: venv buf-deps $(BUF) lint
 
 bench: venv
 	$(BIN)/python bench/unary.py
+
+# The fault scenarios of tests/faults at ten times their CI size.
+soak: venv buf-deps $(BUF)
+	ASTER_FAULT_SCALE=10 $(BIN)/python -m pytest tests/faults -s $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build node_modules .aster

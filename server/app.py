@@ -308,8 +308,10 @@ async def run_server(
     from aster.server.storage import migrate as migrations
 
     components = build_components(settings)
-    if migrate:
+    if migrate and settings.auto_migrate:
         await migrations.upgrade(components.database)
+    else:
+        await migrations.require_current(components.database)
     await components.executor.start()
     server, health_servicer = build_server(settings, components)
     address = f"{settings.grpc_host}:{settings.grpc_port}"

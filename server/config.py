@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     mode: Mode = Mode.DEVELOPMENT
     # gRPC server reflection; unset means on in development, off in production.
     reflection: bool | None = None
+    # Apply migrations at start-up (the embedded default). Off: the server
+    # refuses a schema that is not exactly its own; run `aster db upgrade`.
+    auto_migrate: bool = True
     shutdown_grace_s: float = Field(10.0, ge=0)
     workers: int = Field(1, ge=1, le=64)
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)

@@ -71,7 +71,8 @@ def _serve(settings: Settings) -> int:
         return 0
 
     _check_multi_worker(settings)
-    asyncio.run(_migrate_only(settings))
+    if settings.auto_migrate:
+        asyncio.run(_migrate_only(settings))
     metrics_dir = settings.data_dir / "prometheus-multiproc"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)

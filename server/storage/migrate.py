@@ -36,9 +36,26 @@ def head_revision() -> str:
     return head
 
 
+# Held while migrating, so replicas starting together migrate one at a time.
+MIGRATION_LOCK_ID = 727_070_001
+
+
 def _upgrade(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
     _check_known(connection)
     command.upgrade(_config(connection), "head")
+
+
+async def require_current(db: Database) -> None:
+    """Refuses a database whose schema is not this build's head (when
+    replicas do not migrate themselves)."""
+    current = await current_revision(db)
+    if current != head_revision():
+        raise SchemaMismatch(
+            f"the database schema is at revision {current!r}, this Aster build needs "
+            f"{head_revision()!r}: run `aster db upgrade` (ASTER_AUTO_MIGRATE is off)"
+        )
 
 
 def _check_known(connection: Connection) -> None:
