@@ -184,6 +184,9 @@ def jwt_settings(settings: Settings) -> JwtSettings:
 
 
 KEEPALIVE_MIN_CLIENT_PING_MS = 10_000
+MAX_CONNECTION_AGE_MS = 600_000
+# Longer than ASTER_RUN_TIMEOUT_S by default, so streams end with their run.
+MAX_CONNECTION_AGE_GRACE_MS = 660_000
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -201,6 +204,10 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_MIN_CLIENT_PING_MS),
         ("grpc.http2.max_ping_strikes", 2),
+        # Clients that bypass the edge reconnect now and then, so new
+        # replicas get their share; in-flight calls get a grace period.
+        ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+        ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
     ]
 
 
