@@ -7,8 +7,10 @@ import binascii
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Generic, TypeVar
 
+from aster.server.clock import as_utc
 from aster.server.errors import InvalidArgument
 
 T = TypeVar("T")
@@ -23,6 +25,20 @@ class Cursor:
     sort_key: str
     last_id: str
 
+    def time(self) -> datetime:
+        """The sort key as a time; INVALID_ARGUMENT if the token was forged."""
+        try:
+            return as_utc(datetime.fromisoformat(self.sort_key))
+        except ValueError:
+            raise _malformed() from None
+
+    def number(self) -> int:
+        """The sort key as a number; INVALID_ARGUMENT if the token was forged."""
+        try:
+            return int(self.sort_key)
+        except ValueError:
+            raise _malformed() from None
+
 
 @dataclass(frozen=True)
 class Page(Generic[T]):
@@ -30,6 +46,10 @@ class Page(Generic[T]):
 
     items: list[T]
     next_page_token: str
+
+
+def _malformed() -> InvalidArgument:
+    return InvalidArgument("page_token is malformed", field="page_token")
 
 
 def page_size(requested: int) -> int:
@@ -64,7 +84,7 @@ def decode_token(token: str, query: str) -> Cursor | None:
         if not isinstance(sort_key, str) or not isinstance(last_id, str):
             raise ValueError
     except (ValueError, binascii.Error, TypeError):
-        raise InvalidArgument("page_token is malformed", field="page_token") from None
+        raise _malformed() from None
     if fingerprint != _fingerprint(query):
         raise InvalidArgument(
             "page_token was issued for a different filter; start again without it",

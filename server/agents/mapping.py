@@ -36,11 +36,11 @@ def spec_from_proto(message: agent_pb2.Agent) -> AgentSpec:
             ),
             api_key=api_key,
             base_url=model.base_url,
-            params=struct_to_dict(model.params),
+            params=struct_to_dict(model.params, "agent.model.params"),
         ),
         tools=list(message.tools),
         labels=dict(message.labels),
-        metadata=struct_to_dict(message.metadata),
+        metadata=struct_to_dict(message.metadata, "agent.metadata"),
         state=_STATE_FROM_PROTO.get(message.state, AgentState.ACTIVE),
     )
 

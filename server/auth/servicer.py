@@ -8,9 +8,8 @@ import grpc
 
 from aster.server.auth.api_key_service import ApiKeyService
 from aster.server.auth.models import ApiKey
-from aster.server.clock import as_utc
 from aster.server.errors import InvalidArgument
-from aster.server.rpc.convert import timestamp
+from aster.server.rpc.convert import timestamp, to_datetime
 from aster.v1 import auth_pb2, auth_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -46,7 +45,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         if not request.HasField("api_key"):
             raise InvalidArgument("api_key is required", field="api_key")
         wanted = request.api_key
-        expire = as_utc(wanted.expire_time.ToDatetime()) if wanted.HasField("expire_time") else None
+        expire = (
+            to_datetime(wanted.expire_time, "api_key.expire_time")
+            if wanted.HasField("expire_time")
+            else None
+        )
         key, secret = await self._keys.create(
             wanted.tenant, list(wanted.scopes), wanted.display_name, expire
         )

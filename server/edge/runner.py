@@ -10,6 +10,8 @@ from pathlib import Path
 
 from aster.server.edge.render import EdgeConfig, render
 
+ACCESS_LOG_FLUSH_MS = 1000
+
 
 def envoy_binary() -> str:
     """The `envoy` console script next to this Python, or on PATH."""
@@ -42,6 +44,10 @@ def envoy_command(config_path: Path, log_level: str = "warning") -> list[str]:
         level,
         # Several Envoys may share a machine (tests, replicas).
         "--disable-hot-restart",
+        # The JSON access log (stdout) is written within a second, not
+        # Envoy's default 10 s.
+        "--file-flush-interval-msec",
+        str(ACCESS_LOG_FLUSH_MS),
     ]
 
 

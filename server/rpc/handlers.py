@@ -22,12 +22,17 @@ def wrap_handler(
     handler: grpc.RpcMethodHandler[Any, Any],
     around_unary: Callable[[Unary], Unary],
     around_streaming: Callable[[Streaming], Streaming],
+    around_deserializer: Callable[[Any], Any] | None = None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler whose behaviour is wrapped by `around_unary` (unary
-    responses) or `around_streaming` (streamed responses)."""
+    responses) or `around_streaming` (streamed responses), and optionally
+    its request deserializer by `around_deserializer`."""
     behaviors: Any = handler  # grpc-stubs types the behaviours as synchronous
+    deserializer = handler.request_deserializer
+    if around_deserializer is not None and deserializer is not None:
+        deserializer = around_deserializer(deserializer)
     codecs = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:

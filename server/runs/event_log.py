@@ -13,11 +13,15 @@ import structlog
 
 from aster.server.bus.base import EventBus, Lagged
 from aster.server.clock import as_utc
-from aster.server.runs.models import LeaseLost, RunEvent
+from aster.server.runs.models import RunEvent
 from aster.server.storage.run_repository import RunRepository
 
 _log = structlog.get_logger("aster.runs")
 REPLAY_BATCH = 500
+# A failing database is retried this many times (backing off from the
+# first delay) before a batch of events is given up.
+STORE_ATTEMPTS = 6
+STORE_RETRY_FIRST_S = 0.2
 # How often a follower re-checks the store while the bus is quiet.
 IDLE_CHECK_S = 2.0
 
@@ -78,30 +82,46 @@ class EventLog:
                 batch.append(self._queue.get_nowait())
             events = [event for event, _ in batch]
             try:
-                fenced = await self._repository.append_events(events)
-                for event, done in batch:
-                    if (event.run_id, event.attempt) in fenced:
-                        done.set_exception(LeaseLost(event.run_id))
-                    else:
-                        await self._bus.publish(topic(event.run_id), _to_message(event))
+                fenced = await self._store(events)
             except Exception as err:
-                _log.error("storing run events failed", error=str(err), count=len(events))
                 for _, done in batch:
                     if not done.done():
                         done.set_exception(err)
-                for _ in batch:
-                    self._queue.task_done()
-                continue
-            for _, done in batch:
-                if not done.done():
-                    done.set_result(None)
+            else:
+                for event in events:
+                    # A fenced attempt's events are dropped: its worker
+                    # learns it lost the run from its next heartbeat.
+                    if (event.run_id, event.attempt) not in fenced:
+                        await self.publish(event)
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
             for _ in batch:
                 self._queue.task_done()
 
+    async def _store(self, events: list[RunEvent]) -> set[tuple[str, int]]:
+        """Stores a batch, retrying a failing database for a while: events
+        are kept in order rather than dropped."""
+        delay = STORE_RETRY_FIRST_S
+        for attempt in range(STORE_ATTEMPTS):
+            try:
+                return await self._repository.append_events(events)
+            except Exception as err:
+                if attempt == STORE_ATTEMPTS - 1:
+                    _log.error("storing run events failed", error=str(err), count=len(events))
+                    raise
+                _log.warning("storing run events failed; retrying", error=str(err))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
     async def publish(self, event: RunEvent) -> None:
-        """Publishes an event that is already stored (a run's last event,
-        stored together with the run's final state)."""
-        await self._bus.publish(topic(event.run_id), _to_message(event))
+        """Publishes a stored event. A bus outage is logged, not raised:
+        readers fill what they miss from the store."""
+        try:
+            await self._bus.publish(topic(event.run_id), _to_message(event))
+        except Exception as err:
+            _log.warning("publishing a run event failed", run_id=event.run_id, error=str(err))
 
     async def close(self) -> None:
         """Waits for queued events, then stops the writer."""

@@ -23,7 +23,7 @@ def spec_from_proto(message: session_pb2.Session) -> SessionSpec:
         agent_id=message.agent_id,
         display_name=message.display_name,
         labels=dict(message.labels),
-        metadata=struct_to_dict(message.metadata),
+        metadata=struct_to_dict(message.metadata, "session.metadata"),
     )
 
 

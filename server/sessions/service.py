@@ -88,7 +88,7 @@ class SessionService:
         limit = page_size(size)
         query = f"session={session_id};newest={newest_first}"
         after = decode_token(token, query)
-        position = int(after.sort_key) if after else None
+        position = after.number() if after else None
         found = await self.repository.messages(
             tenant, session_id, newest_first=newest_first, after_position=position, limit=limit + 1
         )
@@ -108,7 +108,7 @@ class SessionService:
         query = f"session={session_id}"
         after = decode_token(token, query)
         found = await self.repository.checkpoints(
-            tenant, session_id, int(after.sort_key) if after else 0, limit + 1
+            tenant, session_id, after.number() if after else 0, limit + 1
         )
         items = found[:limit]
         next_token = ""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, update
@@ -57,7 +56,7 @@ class AgentRepository:
         """Up to `limit` agents after `after`, oldest first, and whether more follow."""
         query = select(AgentRow).where(AgentRow.tenant == tenant, *_conditions(where))
         if after is not None:
-            created = datetime.fromisoformat(after.sort_key)
+            created = after.time()
             query = query.where(
                 or_(
                     AgentRow.create_time > created,

@@ -61,7 +61,7 @@ class ApiKeyRepository:
         if not show_revoked:
             query = query.where(ApiKeyRow.revoke_time.is_(None))
         if after is not None:
-            created = datetime.fromisoformat(after.sort_key)
+            created = after.time()
             query = query.where(
                 or_(
                     ApiKeyRow.create_time > created,

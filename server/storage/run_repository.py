@@ -103,7 +103,7 @@ class RunRepository:
         if session_id:
             query = query.where(RunRow.session_id == session_id)
         if after is not None:
-            created = datetime.fromisoformat(after.sort_key)
+            created = after.time()
             query = query.where(
                 or_(
                     RunRow.create_time < created,

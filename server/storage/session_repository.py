@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, update
@@ -75,7 +74,7 @@ class SessionRepository:
         if agent_id:
             query = query.where(SessionRow.agent_id == agent_id)
         if after is not None:
-            created = datetime.fromisoformat(after.sort_key)
+            created = after.time()
             query = query.where(
                 or_(
                     SessionRow.create_time > created,

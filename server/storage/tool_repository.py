@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, update
@@ -70,7 +70,7 @@ class ToolRepository:
         follow. `limit` may be 0, to learn only whether any follow."""
         query = select(ToolRow).where(ToolRow.tenant == tenant, *_conditions(where))
         if after is not None:
-            created = datetime.fromisoformat(after.sort_key)
+            created = after.time()
             query = query.where(
                 or_(
                     ToolRow.create_time > created,

@@ -6,7 +6,7 @@ from typing import Any
 
 from google.protobuf import duration_pb2, json_format, struct_pb2
 
-from aster.server.rpc.convert import dict_to_struct, struct_to_dict, timestamp
+from aster.server.rpc.convert import dict_to_struct, struct_to_dict, timestamp, to_timedelta
 from aster.server.tools.models import (
     HttpToolConfig,
     SecretRef,
@@ -44,7 +44,7 @@ def json_numbers(value: Any) -> Any:
 
 def arguments_from_proto(message: struct_pb2.Struct) -> dict[str, Any]:
     """The arguments of an ExecuteToolRequest as JSON."""
-    result: dict[str, Any] = json_numbers(struct_to_dict(message))
+    result: dict[str, Any] = json_numbers(struct_to_dict(message, "arguments"))
     return result
 
 
@@ -59,17 +59,21 @@ def definition_from_proto(message: tool_pb2.Tool) -> ToolDefinition:
             headers={
                 name: SecretRef(env=ref.env, file=ref.file) for name, ref in config.headers.items()
             },
-            timeout=config.timeout.ToTimedelta() if config.HasField("timeout") else None,
+            timeout=(
+                to_timedelta(config.timeout, "tool.http.timeout")
+                if config.HasField("timeout")
+                else None
+            ),
             max_response_bytes=config.max_response_bytes,
         )
     return ToolDefinition(
         name=message.name,
         description=message.description,
-        parameters=json_numbers(struct_to_dict(message.parameters)),
+        parameters=json_numbers(struct_to_dict(message.parameters, "tool.parameters")),
         kind=_KIND_FROM_PROTO.get(message.kind, ToolKind.UNSPECIFIED),
         http=http,
         labels=dict(message.labels),
-        metadata=struct_to_dict(message.metadata),
+        metadata=struct_to_dict(message.metadata, "tool.metadata"),
     )
 
 
