@@ -6,9 +6,10 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from aster.server.clock import as_utc
 from aster.server.errors import InvalidArgument
@@ -46,6 +47,20 @@ class Page(Generic[T]):
 
     items: list[T]
     next_page_token: str
+
+
+def next_page(items: list[T], more: bool, query: str, sort_key: Callable[[T], str]) -> Page[T]:
+    """The page of `items`, with a token for what follows if `more`."""
+    token = ""
+    if more and items:
+        last: Any = items[-1]
+        token = encode_token(Cursor(sort_key(last), last.id), query)
+    return Page(items, token)
+
+
+def by_create_time(item: Any) -> str:
+    """The usual sort key: the item's create_time."""
+    return str(item.create_time.isoformat())
 
 
 def _malformed() -> InvalidArgument:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 
 from aster.server.config import Settings
-from aster.server.edge.render import descriptor_path, edge_config, render, streaming_methods
+from aster.server.edge.render import (
+    ACCESS_LOG_FORMAT,
+    descriptor_path,
+    edge_config,
+    render,
+    streaming_methods,
+    token_bucket,
+)
 from aster.server.edge.runner import envoy_binary
 
 
@@ -17,15 +27,7 @@ def rendered(**settings: object) -> str:
 
 
 def test_envoy_accepts_the_rendered_config(tmp_path: Path) -> None:
-    path = tmp_path / "envoy.yaml"
-    path.write_text(rendered(upstreams="127.0.0.1:50061,127.0.0.1:50062"))
-    result = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    validate(tmp_path, rendered(upstreams="127.0.0.1:50061,127.0.0.1:50062"))
 
 
 def test_streaming_routes_have_no_timeout_and_unary_ones_do() -> None:
@@ -48,3 +50,179 @@ def test_admin_binds_loopback_only_and_upstreams_are_listed() -> None:
     cluster = config["static_resources"]["clusters"][0]
     endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
     assert [e["endpoint"]["address"]["socket_address"]["port_value"] for e in endpoints] == [1, 2]
+
+
+def validate(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "envoy.yaml"
+    path.write_text(text)
+    result = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def manager(config: dict[str, Any]) -> dict[str, Any]:
+    listener = config["static_resources"]["listeners"][0]
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]  # type: ignore[no-any-return]
+
+
+def filter_names(config: dict[str, Any]) -> list[str]:
+    return [f["name"].removeprefix("envoy.filters.http.") for f in manager(config)["http_filters"]]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"cors_origins": "https://app.example.com, https://admin.example.com/"},
+        {"cors_origins": "*", "edge_rate_limit_rps": 0.5},
+        {"cors_origins": "https://app.example.com", "edge_rate_limit_rps": 2},
+        {"edge_rate_limit_rps": 1000.5, "edge_max_concurrent_streams": 7},
+    ],
+    ids=["defaults", "cors", "cors-any-slow-limit", "cors-and-limit", "fast-limit"],
+)
+def test_envoy_accepts_every_feature_combination(tmp_path: Path, settings: dict[str, Any]) -> None:
+    validate(tmp_path, rendered(**settings))
+
+
+def test_cors_and_rate_limit_are_off_by_default() -> None:
+    config = yaml.safe_load(rendered())
+    assert filter_names(config) == [
+        "grpc_web",
+        "header_mutation",
+        "buffer",
+        "grpc_json_transcoder",
+        "lua",
+        "router",
+    ]
+    virtual_host = manager(config)["route_config"]["virtual_hosts"][0]
+    assert "typed_per_filter_config" not in virtual_host
+
+
+def test_cors_policy_from_the_origins() -> None:
+    config = yaml.safe_load(
+        rendered(cors_origins="https://app.example.com, https://b.example.com/")
+    )
+    assert filter_names(config)[:2] == ["cors", "grpc_web"]
+    virtual_host = manager(config)["route_config"]["virtual_hosts"][0]
+    policy = virtual_host["typed_per_filter_config"]["envoy.filters.http.cors"]
+    assert [m["exact"] for m in policy["allow_origin_string_match"]] == [
+        "https://app.example.com",
+        "https://b.example.com",
+    ]
+    assert policy["allow_methods"] == "GET, POST, PATCH, DELETE, OPTIONS"
+    assert "x-grpc-web" in policy["allow_headers"]
+    assert "grpc-status-details-bin" in policy["expose_headers"]
+    assert policy["max_age"] == "86400"
+
+    anything = yaml.safe_load(rendered(cors_origins="*"))
+    virtual_host = manager(anything)["route_config"]["virtual_hosts"][0]
+    policy = virtual_host["typed_per_filter_config"]["envoy.filters.http.cors"]
+    assert policy["allow_origin_string_match"] == [{"safe_regex": {"regex": ".*"}}]
+
+
+def test_rate_limit_is_per_client_address_after_grpc_web() -> None:
+    config = yaml.safe_load(rendered(edge_rate_limit_rps=5))
+    names = filter_names(config)
+    assert names.index("grpc_web") < names.index("local_ratelimit") < names.index("router")
+    limit = manager(config)["http_filters"][names.index("local_ratelimit")]["typed_config"]
+    assert limit["rate_limits"] == [{"actions": [{"remote_address": {}}]}]
+    (descriptor,) = limit["descriptors"]
+    assert descriptor["entries"] == [{"key": "remote_address"}]
+    assert descriptor["token_bucket"] == {
+        "max_tokens": 10,
+        "tokens_per_fill": 5,
+        "fill_interval": "1.000s",
+    }
+
+
+def test_health_checks_are_exempt_from_the_rate_limit() -> None:
+    def health_routes(**settings: object) -> list[dict[str, Any]]:
+        config = yaml.safe_load(rendered(**settings))
+        routes = manager(config)["route_config"]["virtual_hosts"][0]["routes"]
+        return [r for r in routes if r["match"].get("path") == "/health"]
+
+    assert health_routes() == []
+    (route,) = health_routes(edge_rate_limit_rps=3)
+    per_route = route["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"]
+    # Without filter_enabled the filter is enabled for 0% of requests.
+    assert "filter_enabled" not in per_route
+    assert route["route"]["cluster"] == "aster_grpc"
+
+
+@pytest.mark.parametrize(
+    ("rps", "bucket"),
+    [
+        (2, {"max_tokens": 4, "tokens_per_fill": 2, "fill_interval": "1.000s"}),
+        (0.5, {"max_tokens": 1, "tokens_per_fill": 1, "fill_interval": "2.000s"}),
+        (0.1, {"max_tokens": 1, "tokens_per_fill": 1, "fill_interval": "10.000s"}),
+        (2.5, {"max_tokens": 5, "tokens_per_fill": 2, "fill_interval": "0.800s"}),
+        (1000, {"max_tokens": 2000, "tokens_per_fill": 1000, "fill_interval": "1.000s"}),
+    ],
+)
+def test_token_bucket_refills_at_the_rate(rps: float, bucket: dict[str, Any]) -> None:
+    assert token_bucket(rps) == bucket
+
+
+def test_hardening_limits_come_from_the_settings() -> None:
+    config = yaml.safe_load(
+        rendered(
+            max_message_bytes=2 * 1024 * 1024,
+            edge_max_concurrent_streams=33,
+            edge_max_connections=444,
+            edge_max_heap_bytes=512 * 1024 * 1024,
+        )
+    )
+    hcm = manager(config)
+    assert hcm["use_remote_address"] is True
+    assert hcm["generate_request_id"] is True
+    assert hcm["preserve_external_request_id"] is True
+    assert hcm["always_set_request_id_in_response"] is True
+    assert hcm["max_request_headers_kb"] == 64
+    assert hcm["http2_protocol_options"]["max_concurrent_streams"] == 33
+    filters = {f["name"]: f["typed_config"] for f in hcm["http_filters"]}
+    transcoder = filters["envoy.filters.http.grpc_json_transcoder"]
+    assert transcoder["max_request_body_size"] == 2 * 1024 * 1024
+    assert transcoder["max_response_body_size"] == 2 * 1024 * 1024
+    assert filters["envoy.filters.http.buffer"]["max_request_bytes"] == 2 * 1024 * 1024
+
+    overload = config["overload_manager"]
+    monitors = {m["name"]: m["typed_config"] for m in overload["resource_monitors"]}
+    assert monitors["envoy.resource_monitors.fixed_heap"]["max_heap_size_bytes"] == 512 * 1024**2
+    connections = monitors["envoy.resource_monitors.global_downstream_max_connections"]
+    assert connections["max_active_downstream_connections"] == 444
+    thresholds = {
+        a["name"].removeprefix("envoy.overload_actions."): a["triggers"][0]["threshold"]["value"]
+        for a in overload["actions"]
+    }
+    assert thresholds == {"shrink_heap": 0.95, "stop_accepting_requests": 0.98}
+
+
+def test_streaming_routes_are_not_buffered() -> None:
+    routes = manager(yaml.safe_load(rendered()))["route_config"]["virtual_hosts"][0]["routes"]
+    for route in routes:
+        if route["route"].get("timeout") == "0s":
+            per_filter = route["typed_per_filter_config"]["envoy.filters.http.buffer"]
+            assert per_filter["disabled"] is True
+
+
+def test_access_log_is_json_and_never_names_credentials() -> None:
+    (log,) = manager(yaml.safe_load(rendered()))["access_log"]
+    assert log["name"] == "envoy.access_loggers.stdout"
+    fields = log["typed_config"]["log_format"]["json_format"]
+    assert fields == ACCESS_LOG_FORMAT
+    assert {"start_time", "method", "path", "response_code", "grpc_status", "duration_ms"} <= set(
+        fields
+    )
+    assert {"bytes_received", "bytes_sent", "request_id", "remote_address", "user_agent"} <= set(
+        fields
+    )
+    assert "upstream_host" in fields
+    text = json.dumps(fields).lower()
+    assert "authorization" not in text
+    assert "api-key" not in text
+    assert "%req(" in text  # headers are named one by one, never all of them
+    assert "%request_headers" not in text

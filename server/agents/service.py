@@ -13,7 +13,7 @@ from aster.server.clock import utcnow
 from aster.server.etags import check_etag
 from aster.server.ids import check_id, new_id
 from aster.server.limits.quotas import Quotas
-from aster.server.pagination import Cursor, decode_token, encode_token, page_size
+from aster.server.pagination import by_create_time, decode_token, next_page, page_size
 from aster.server.storage.agent_repository import AgentRepository
 from aster.server.update_mask import apply_update_mask
 
@@ -75,11 +75,8 @@ class AgentService:
         query = f"filter={filter_text.strip()}"
         after = decode_token(token, query)
         agents, more = await self._repository.list_page(tenant, where, after, limit)
-        next_token = ""
-        if more and agents:
-            last = agents[-1]
-            next_token = encode_token(Cursor(last.create_time.isoformat(), last.id), query)
-        return AgentPage(agents, next_token)
+        page = next_page(agents, more, query, by_create_time)
+        return AgentPage(page.items, page.next_page_token)
 
     async def update(
         self, tenant: str, agent_id: str, patch: AgentSpec, paths: Sequence[str], etag: str

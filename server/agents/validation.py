@@ -7,13 +7,12 @@ import re
 
 from aster.server.agents.models import PROVIDERS, AgentSpec
 from aster.server.errors import InvalidArgument
+from aster.server.labels import validate_labels
 
 MAX_DISPLAY_NAME = 200
 MAX_DESCRIPTION = 2_000
 MAX_INSTRUCTIONS = 100_000
 MAX_TOOLS = 128
-MAX_LABELS = 64
-_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.\-/]{0,62}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 _TOOL_ID = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -60,14 +59,4 @@ def validate_agent_spec(spec: AgentSpec, prefix: str = "agent") -> None:
     for index, tool in enumerate(spec.tools):
         if not _TOOL_ID.match(tool):
             raise _fail(f"{prefix}.tools[{index}]", f"{tool[:80]!r} is not a tool id")
-    if len(spec.labels) > MAX_LABELS:
-        raise _fail(f"{prefix}.labels", f"at most {MAX_LABELS} labels")
-    for key, value in spec.labels.items():
-        if not _LABEL_KEY.match(key):
-            raise _fail(
-                f"{prefix}.labels",
-                f"key {key[:80]!r} must be lower-case letters, digits, '_.-/', "
-                "starting with a letter, at most 63 characters",
-            )
-        if len(value) > 63:
-            raise _fail(f"{prefix}.labels", f"value of {key!r} must be at most 63 characters")
+    validate_labels(spec.labels, f"{prefix}.labels")

@@ -13,7 +13,7 @@ from aster.server.auth.secrets import hash_secret, new_key, parse_key, secret_ma
 from aster.server.clock import utcnow
 from aster.server.errors import InvalidArgument
 from aster.server.ids import check_id, new_id
-from aster.server.pagination import Cursor, Page, decode_token, encode_token, page_size
+from aster.server.pagination import Page, by_create_time, decode_token, next_page, page_size
 from aster.server.storage.api_key_repository import ApiKeyRepository
 
 # A verified key is trusted for this long without another database read; a
@@ -89,11 +89,7 @@ class ApiKeyService:
         query = f"tenant={tenant};revoked={show_revoked}"
         after = decode_token(token, query)
         keys, more = await self._repository.list_page(tenant, show_revoked, after, limit)
-        next_token = ""
-        if more and keys:
-            last = keys[-1]
-            next_token = encode_token(Cursor(last.create_time.isoformat(), last.id), query)
-        return Page(keys, next_token)
+        return next_page(keys, more, query, by_create_time)
 
     async def revoke(self, key_id: str) -> ApiKey:
         """Revokes the key; presenting it fails from now on (within CACHE_S

@@ -13,7 +13,7 @@ from aster.server.errors import FailedPrecondition, InvalidArgument, NotFound
 from aster.server.ids import check_id, new_id
 from aster.server.limits.quotas import Quotas
 from aster.server.observability import aster_metrics
-from aster.server.pagination import Cursor, Page, decode_token, encode_token, page_size
+from aster.server.pagination import Page, by_create_time, decode_token, next_page, page_size
 from aster.server.runs.dependencies import ToolRunner
 from aster.server.runs.event_log import EventLog
 from aster.server.runs.executor import RunExecutor
@@ -153,11 +153,7 @@ class RunService:
         query = f"agent={agent_id};session={session_id}"
         after = decode_token(token, query)
         runs, more = await self._runs.list_page(tenant, agent_id, session_id, after, limit)
-        next_token = ""
-        if more and runs:
-            last = runs[-1]
-            next_token = encode_token(Cursor(last.create_time.isoformat(), last.id), query)
-        return Page(runs, next_token)
+        return next_page(runs, more, query, by_create_time)
 
     async def events(self, tenant: str, run_id: str, after_seq: int = 0) -> AsyncIterator[RunEvent]:
         """The run's events after `after_seq`, stored then live, until its last."""

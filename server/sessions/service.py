@@ -10,7 +10,7 @@ from aster.server.clock import utcnow
 from aster.server.errors import InvalidArgument
 from aster.server.etags import check_etag
 from aster.server.ids import check_id, new_id
-from aster.server.pagination import Cursor, Page, decode_token, encode_token, page_size
+from aster.server.pagination import Page, by_create_time, decode_token, next_page, page_size
 from aster.server.sessions.models import Checkpoint, Message, Session, SessionSpec, SessionStats
 from aster.server.storage.session_repository import SessionRepository
 from aster.server.update_mask import apply_update_mask
@@ -56,11 +56,7 @@ class SessionService:
         query = f"agent_id={agent_id}"
         after = decode_token(token, query)
         sessions, more = await self.repository.list_page(tenant, agent_id, after, limit)
-        next_token = ""
-        if more and sessions:
-            last = sessions[-1]
-            next_token = encode_token(Cursor(last.create_time.isoformat(), last.id), query)
-        return Page(sessions, next_token)
+        return next_page(sessions, more, query, by_create_time)
 
     async def update(
         self, tenant: str, session_id: str, patch: SessionSpec, paths: Sequence[str], etag: str
@@ -92,12 +88,7 @@ class SessionService:
         found = await self.repository.messages(
             tenant, session_id, newest_first=newest_first, after_position=position, limit=limit + 1
         )
-        items = found[:limit]
-        next_token = ""
-        if len(found) > limit:
-            last = items[-1]
-            next_token = encode_token(Cursor(str(last.position), last.id), query)
-        return Page(items, next_token)
+        return next_page(found[:limit], len(found) > limit, query, lambda m: str(m.position))
 
     async def checkpoints(
         self, tenant: str, session_id: str, size: int, token: str
@@ -110,11 +101,7 @@ class SessionService:
         found = await self.repository.checkpoints(
             tenant, session_id, after.number() if after else 0, limit + 1
         )
-        items = found[:limit]
-        next_token = ""
-        if len(found) > limit:
-            next_token = encode_token(Cursor(str(items[-1].turn), items[-1].id), query)
-        return Page(items, next_token)
+        return next_page(found[:limit], len(found) > limit, query, lambda c: str(c.turn))
 
     async def resume(
         self, tenant: str, session_id: str, checkpoint_id: str

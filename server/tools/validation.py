@@ -13,12 +13,11 @@ from urllib.parse import urlsplit
 from jsonschema import validators
 from jsonschema.exceptions import SchemaError, best_match
 
-from aster.server.agents.filters import LABEL_KEY
 from aster.server.errors import InvalidArgument
+from aster.server.labels import validate_labels
 from aster.server.tools.models import HttpToolConfig, ToolDefinition, ToolKind
 
 MAX_DESCRIPTION = 2_000
-MAX_LABELS = 64
 MAX_PARAMETERS_BYTES = 64 * 1024
 MAX_URL = 2_048
 MAX_HEADERS = 32
@@ -39,7 +38,6 @@ RESERVED_HEADERS = frozenset(
 NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 
 _NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,63}$")
-_LABEL_KEY = re.compile(rf"^{LABEL_KEY}$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
@@ -82,17 +80,7 @@ def validate_tool_definition(definition: ToolDefinition, prefix: str = "tool") -
             "use TOOL_KIND_HTTP",
         )
     validate_http_config(definition.http, f"{prefix}.http")
-    if len(definition.labels) > MAX_LABELS:
-        raise _fail(f"{prefix}.labels", f"at most {MAX_LABELS} labels")
-    for key, value in definition.labels.items():
-        if not _LABEL_KEY.match(key):
-            raise _fail(
-                f"{prefix}.labels",
-                f"key {key[:80]!r} must be lower-case letters, digits, '_.-/', "
-                "starting with a letter, at most 63 characters",
-            )
-        if len(value) > 63:
-            raise _fail(f"{prefix}.labels", f"value of {key!r} must be at most 63 characters")
+    validate_labels(definition.labels, f"{prefix}.labels")
 
 
 def check_parameters_schema(schema: dict[str, Any], field: str) -> None:

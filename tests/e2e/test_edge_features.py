@@ -53,14 +53,15 @@ class GrpcWebReply:
         return int(self.trailers.get("grpc-status", self.response.headers.get("grpc-status", -1)))
 
     def trailer(self, name: str) -> str:
-        return self.trailers.get(name, self.response.headers.get(name, ""))
+        return self.trailers.get(name) or str(self.response.headers.get(name, ""))
 
 
 def parse_grpc_web(response: httpx.Response) -> GrpcWebReply:
     reply = GrpcWebReply(response)
     data = response.content
     if response.headers.get("content-type", "").startswith("application/grpc-web-text"):
-        data = base64.b64decode(data)
+        # Each chunk is base64 on its own, padding included: decode by quads.
+        data = b"".join(base64.b64decode(data[i : i + 4]) for i in range(0, len(data), 4))
     offset = 0
     while offset < len(data):
         flag = data[offset]
@@ -112,6 +113,10 @@ def wait_for_log(
                 return entry
         time.sleep(0.2)
     raise AssertionError(f"no matching access log entry:\n{edge.log_tail()}")
+
+
+def has_request_id(request_id: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda entry: entry.get("request_id") == request_id
 
 
 # --- extra edges with their own settings ------------------------------------
@@ -310,14 +315,16 @@ async def test_cors_is_off_by_default(http: httpx.AsyncClient) -> None:
 # --- request ids ------------------------------------------------------------
 
 
-async def test_request_id_is_kept_echoed_and_logged(stack: Stack, http: httpx.AsyncClient) -> None:
-    request_id = f"test-123-{uuid.uuid4().hex[:8]}"
+@pytest.mark.parametrize("kind", ["short", "uuid-shaped"])
+async def test_request_id_is_kept_echoed_and_logged(
+    stack: Stack, http: httpx.AsyncClient, kind: str
+) -> None:
+    # Envoy rewrites one character of 36-character ids unless told not to.
+    request_id = f"test-123-{uuid.uuid4().hex[:8]}" if kind == "short" else str(uuid.uuid4())
     response = await http.get("/v1/system/info", headers={"x-request-id": request_id})
     assert response.status_code == 200
     assert response.headers["x-request-id"] == request_id
-    entry = await asyncio.to_thread(
-        wait_for_log, stack.edge, lambda e: e.get("request_id") == request_id
-    )
+    entry = await asyncio.to_thread(wait_for_log, stack.edge, has_request_id(request_id))
     assert entry["path"] == "/v1/system/info"
     assert entry["method"] == "GET"
     assert entry["grpc_path"] == "/aster.v1.SystemService/GetInfo"
@@ -349,9 +356,10 @@ async def recording_edge(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[tuple[str, RecordingSystem]]:
     """An edge in front of a gRPC upstream that records request metadata."""
-    servicer = RecordingSystem()
+    # Only GetInfo is served; the edge is never asked for the rest.
+    servicer = RecordingSystem()  # type: ignore[abstract]
     server = grpc.aio.server()
-    system_pb2_grpc.add_SystemServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    system_pb2_grpc.add_SystemServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     ports = Ports(grpc=port)
@@ -393,6 +401,10 @@ async def test_request_id_reaches_the_grpc_server(
         await http.get("/v1/system/info", headers={"x-request-id": "test-123"})
         assert servicer.calls[-1]["x-request-id"] == "test-123"
 
+        uuid_shaped = str(uuid.uuid4())
+        await http.get("/v1/system/info", headers={"x-request-id": uuid_shaped})
+        assert servicer.calls[-1]["x-request-id"] == uuid_shaped
+
         generated = (await http.get("/v1/system/info")).headers["x-request-id"]
         assert servicer.calls[-1]["x-request-id"] == generated
 
@@ -433,6 +445,14 @@ async def test_rate_limit_is_per_client_address(rate_limited_edge: Edge) -> None
         assert (await http.get("/v1/system/info")).status_code == 200
 
 
+async def test_health_checks_are_never_rate_limited(rate_limited_edge: Edge) -> None:
+    async with httpx.AsyncClient(base_url=rate_limited_edge.base, timeout=10) as http:
+        codes = [(await http.get("/v1/system/info")).status_code for _ in range(10)]
+        assert 429 in codes
+        health = [(await http.get("/health")).status_code for _ in range(10)]
+    assert health == [200] * 10
+
+
 async def test_rate_limited_grpc_web_calls_get_resource_exhausted(
     rate_limited_edge: Edge,
 ) -> None:
@@ -453,7 +473,7 @@ async def test_rate_limited_grpc_web_calls_get_resource_exhausted(
 async def test_rate_limited_grpc_calls_get_resource_exhausted(rate_limited_edge: Edge) -> None:
     codes = []
     async with grpc.aio.insecure_channel(f"127.0.0.1:{rate_limited_edge.ports.http}") as channel:
-        stub = system_pb2_grpc.SystemServiceStub(channel)  # type: ignore[no-untyped-call]
+        stub = system_pb2_grpc.SystemServiceStub(channel)
         for _ in range(10):
             try:
                 await stub.GetInfo(system_pb2.GetInfoRequest(), timeout=10)
@@ -490,6 +510,18 @@ async def test_body_over_max_message_bytes_gets_413(http: httpx.AsyncClient) -> 
     error = response.json()
     assert error["code"] == 8
     assert error["details"] == []
+
+
+async def test_grpc_web_message_over_max_message_bytes_is_resource_exhausted(
+    http: httpx.AsyncClient,
+) -> None:
+    agent = agent_pb2.Agent(display_name="x", description="a" * (4 * 1024 * 1024 + 1))
+    reply = await grpc_web_call(
+        http, "/aster.v1.AgentService/CreateAgent", agent_pb2.CreateAgentRequest(agent=agent)
+    )
+    assert reply.messages == []
+    assert reply.status == 8
+    assert "too large" in reply.trailer("grpc-message")
 
 
 async def test_bodies_larger_than_connection_buffers_pass(http: httpx.AsyncClient) -> None:
@@ -535,6 +567,33 @@ async def test_overload_manager_watches_heap_and_connections(stack: Stack) -> No
 # --- the access log ---------------------------------------------------------
 
 
+async def test_access_log_has_the_upstream_grpc_status(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    # Envoy's own %GRPC_STATUS% would guess from the rewritten replies (a
+    # REST 404 as UNIMPLEMENTED, every gRPC-Web call as UNKNOWN).
+    ids = {name: f"{name}-{uuid.uuid4().hex[:8]}" for name in ("rest", "web", "web-error")}
+    assert (
+        await http.get("/v1/agents/missing", headers={"x-request-id": ids["rest"]})
+    ).status_code == 404
+    await grpc_web_call(
+        http,
+        "/aster.v1.SystemService/GetInfo",
+        system_pb2.GetInfoRequest(),
+        **{"x-request-id": ids["web"]},
+    )
+    await grpc_web_call(
+        http,
+        "/aster.v1.AgentService/GetAgent",
+        agent_pb2.GetAgentRequest(id="missing"),
+        **{"x-request-id": ids["web-error"]},
+    )
+    expected = {"rest": 5, "web": 0, "web-error": 5}
+    for name, request_id in ids.items():
+        entry = await asyncio.to_thread(wait_for_log, stack.edge, has_request_id(request_id))
+        assert entry["grpc_status"] == expected[name], entry
+
+
 async def test_access_log_is_json_without_credentials(
     stack: Stack, http: httpx.AsyncClient
 ) -> None:
@@ -551,9 +610,7 @@ async def test_access_log_is_json_without_credentials(
         },
     )
     assert response.status_code == 200
-    entry = await asyncio.to_thread(
-        wait_for_log, stack.edge, lambda e: e.get("request_id") == request_id
-    )
+    entry = await asyncio.to_thread(wait_for_log, stack.edge, has_request_id(request_id))
     assert entry["method"] == "GET"
     assert entry["path"] == "/v1/agents"
     assert entry["response_code"] == 200
@@ -566,6 +623,7 @@ async def test_access_log_is_json_without_credentials(
     assert entry["start_time"].endswith("Z")
 
     text = stack.edge.log_path.read_text(errors="replace")
+    assert secret_token not in text
     assert "secret-" not in text
     assert secret_key not in text
     assert "authorization" not in text.lower()
