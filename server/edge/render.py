@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
 from aster.server.config import Settings
@@ -36,16 +37,35 @@ def descriptor_path() -> Path:
     return Path(str(resources.files("aster.v1") / "descriptor.binpb"))
 
 
-def streaming_methods(path: Path) -> list[str]:
-    """gRPC paths (`/pkg.Service/Method`) of every server-streaming RPC."""
+def _methods(path: Path) -> list[tuple[str, descriptor_pb2.MethodDescriptorProto]]:
     files = descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
     wanted = set(service_names())
-    result: list[str] = []
-    for file in files.file:
-        for service in file.service:
-            full = f"{file.package}.{service.name}"
-            if full in wanted:
-                result.extend(f"/{full}/{m.name}" for m in service.method if m.server_streaming)
+    return [
+        (f"/{file.package}.{service.name}/{method.name}", method)
+        for file in files.file
+        for service in file.service
+        if f"{file.package}.{service.name}" in wanted
+        for method in service.method
+    ]
+
+
+def streaming_methods(path: Path) -> list[str]:
+    """gRPC paths (`/pkg.Service/Method`) of every server-streaming RPC."""
+    return sorted(p for p, m in _methods(path) if m.server_streaming)
+
+
+# googleapis-common-protos types the extension loosely.
+_HTTP_RULE: Any = annotations_pb2.http
+
+
+def idempotent_methods(path: Path) -> list[str]:
+    """gRPC paths of the unary RPCs bound to HTTP GET: reads, safe to retry."""
+    result = []
+    for full, method in _methods(path):
+        if method.server_streaming or not method.options.HasExtension(_HTTP_RULE):
+            continue
+        if method.options.Extensions[_HTTP_RULE].WhichOneof("pattern") == "get":
+            result.append(full)
     return sorted(result)
 
 
@@ -328,6 +348,30 @@ def _filter_items(filters: list[dict[str, Any]]) -> str:
     return "\n".join(f"{FILTER_INDENT}- {json.dumps(f)}" for f in filters)
 
 
+RETRIES = 2
+
+
+def _retried_route() -> dict[str, Any]:
+    return {
+        "cluster": "aster_grpc",
+        "timeout": f"{UNARY_TIMEOUT_S}s",
+        "retry_policy": {
+            "retry_on": "unavailable,reset,connect-failure,refused-stream",
+            "num_retries": RETRIES,
+            "retry_host_predicate": [
+                {
+                    "name": "envoy.retry_host_predicates.previous_hosts",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/"
+                        "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                    },
+                }
+            ],
+            "host_selection_retry_max_attempts": 3,
+        },
+    }
+
+
 def _virtual_host_filter_config(config: EdgeConfig) -> str:
     if not config.cors_origins:
         return ""
@@ -344,10 +388,19 @@ def render(config: EdgeConfig, descriptor: Path | None = None) -> str:
     # calls of streaming RPCs match here before transcoding too, and are not
     # buffered whole.
     routes = "\n".join(
-        f"{ROUTE_INDENT}- match: {{path: {method}}}\n"
-        f"{ROUTE_INDENT}  route: {{cluster: aster_grpc, timeout: 0s}}\n"
-        f"{ROUTE_INDENT}  typed_per_filter_config: {json.dumps(UNBUFFERED)}"
-        for method in streaming_methods(descriptor)
+        [
+            f"{ROUTE_INDENT}- match: {{path: {method}}}\n"
+            f"{ROUTE_INDENT}  route: {{cluster: aster_grpc, timeout: 0s}}\n"
+            f"{ROUTE_INDENT}  typed_per_filter_config: {json.dumps(UNBUFFERED)}"
+            for method in streaming_methods(descriptor)
+        ]
+        # Reads are retried on another replica when one is unavailable;
+        # nothing that changes state is.
+        + [
+            f"{ROUTE_INDENT}- match: {{path: {method}}}\n"
+            f"{ROUTE_INDENT}  route: {json.dumps(_retried_route())}"
+            for method in idempotent_methods(descriptor)
+        ]
     )
     metrics_host = "127.0.0.1" if config.metrics[0] in ("0.0.0.0", "") else config.metrics[0]
     template = string.Template(TEMPLATE_PATH.read_text())

@@ -381,3 +381,34 @@ async def test_a_redis_restart_loses_nothing(
         for replica in replicas:
             replica.stop()
         await _reset_postgres(postgres_url)
+
+
+async def test_a_rolling_restart_fails_no_read(
+    cluster: Cluster, agents0: agent_pb2_grpc.AgentServiceStub
+) -> None:
+    agent = await scripted_agent(agents0)
+    failures: list[str] = []
+    calls = 0
+    stop = asyncio.Event()
+
+    async def load() -> None:
+        nonlocal calls
+        async with httpx.AsyncClient(base_url=cluster.edge_url, timeout=10) as http:
+            while not stop.is_set():
+                response = await http.get(f"/v1/agents/{agent.id}")
+                calls += 1
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code} {response.text[:120]}")
+                await asyncio.sleep(0.01)
+
+    loader = asyncio.create_task(load())
+    try:
+        for index in range(3):
+            await asyncio.to_thread(cluster.restart, index)
+            await asyncio.sleep(3)  # the edge's health check sees it back
+    finally:
+        stop.set()
+        await loader
+    print(f"\nfault 7: unary calls={calls} failed={len(failures)} during 3 restarts")
+    assert calls > 100
+    assert not failures, failures[:5]
