@@ -10,6 +10,8 @@ ROOTS = {
     "aster.v1": "gen/python/aster/v1",
     "aster.server": "server",
     "aster.client": "clients/python",
+    # Data only: the Envoy template that `aster edge` renders.
+    "aster.envoy": "envoy",
 }
 
 package_dir: dict[str, str] = {}

@@ -8,17 +8,14 @@ tests/k8s against the development venv:
 - `aster serve` / `aster db upgrade`: the migrations and the descriptor set
   Envoy loads are installed, and the `aster` console script is there.
 
-`--fix-template PATH` first copies the Envoy template (envoy/envoy.yaml of
-the repository) to where aster.server.edge.render looks for it, when the
-installed package does not carry it (a non-editable install places the
-module under site-packages, where the repository's envoy/ is not).
+The Envoy template ships in the package (`aster.envoy`), so a non-editable
+install renders the edge config too.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,18 +27,6 @@ EDGE_ENV = {
     "ASTER_HTTP_HOST": "0.0.0.0",
     "ASTER_HTTP_PORT": "8080",
 }
-
-
-def fix_template(source: Path) -> None:
-    """Copies the Envoy template to where the renderer expects it, if missing."""
-    from aster.server.edge import render
-
-    target = getattr(render, "TEMPLATE_PATH", None)
-    if target is None or Path(target).is_file():
-        return
-    Path(target).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
-    print(f"image_check: installed the Envoy template at {target}")
 
 
 def check_edge(envoy: Path) -> None:
@@ -76,14 +61,11 @@ def check_server() -> None:
 def main() -> int:
     """Entry point."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--fix-template", type=Path, metavar="ENVOY_YAML")
-    args = parser.parse_args()
+    parser.parse_args()
     # The check uses EDGE_ENV alone, whatever this process inherited.
     for name in [n for n in os.environ if n.startswith("ASTER_")]:
         del os.environ[name]
     bin_dir = Path(sys.executable).parent
-    if args.fix_template is not None:
-        fix_template(args.fix_template)
     for script in ("aster", "envoy"):
         if not (bin_dir / script).exists():
             raise SystemExit(f"image_check: {bin_dir / script} is missing")

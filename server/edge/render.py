@@ -17,7 +17,9 @@ from google.protobuf import descriptor_pb2
 from aster.server.config import Settings
 from aster.server.rpc.catalog import service_names
 
-TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "envoy" / "envoy.yaml"
+def template_text() -> str:
+    """envoy/envoy.yaml, shipped in the package as `aster.envoy`."""
+    return (resources.files("aster.envoy") / "envoy.yaml").read_text()
 UNARY_TIMEOUT_S = 60
 ROUTE_INDENT = " " * 24
 VIRTUAL_HOST_INDENT = " " * 22
@@ -403,7 +405,7 @@ def render(config: EdgeConfig, descriptor: Path | None = None) -> str:
         ]
     )
     metrics_host = "127.0.0.1" if config.metrics[0] in ("0.0.0.0", "") else config.metrics[0]
-    template = string.Template(TEMPLATE_PATH.read_text())
+    template = string.Template(template_text())
     return template.substitute(
         admin_port=config.admin_port,
         max_heap_bytes=config.max_heap_bytes,
