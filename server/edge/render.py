@@ -17,9 +17,12 @@ from google.protobuf import descriptor_pb2
 from aster.server.config import Settings
 from aster.server.rpc.catalog import service_names
 
+
 def template_text() -> str:
     """envoy/envoy.yaml, shipped in the package as `aster.envoy`."""
     return (resources.files("aster.envoy") / "envoy.yaml").read_text()
+
+
 UNARY_TIMEOUT_S = 60
 ROUTE_INDENT = " " * 24
 VIRTUAL_HOST_INDENT = " " * 22
