@@ -474,6 +474,13 @@ class FakeModelServer:
             lambda: self._disconnects >= count, within_s, f"{count} disconnect(s)"
         )
 
+    async def wait_for_completed_streams(self, count: int = 1, within_s: float = 5.0) -> None:
+        """Waits until `count` streams were sent to the end (the server counts
+        a stream after its last write, which can trail the client's read)."""
+        await self._wait_async(
+            lambda: self._completed >= count, within_s, f"{count} completed stream(s)"
+        )
+
     async def wait_for_requests(self, count: int = 1, within_s: float = 5.0) -> None:
         """Waits until `count` requests came; TimeoutError after `within_s` s."""
         await self._wait_async(

@@ -355,6 +355,7 @@ async def test_slow_streams_are_still_complete(
     fake.enqueue(Reply(text="a b c", chunk_delay_s=0.05))
     got = await collect(provider(registry, fake).stream(conversation(config(fake))))
     assert got.text == "a b c"
+    await fake.wait_for_completed_streams(1)
     assert fake.completed_streams == 1
     assert fake.disconnects == 0
 
