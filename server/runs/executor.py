@@ -152,7 +152,7 @@ class RunExecutor:
         if room <= 0 or self._shutting_down:
             return
         for run in await self._runs.claim(self.owner, utcnow(), self._lease.lease_s, room):
-            self._spawn(run, self._started(run))
+            self._spawn(run, self._started(run), leased=True)
 
     async def _renew(self) -> None:
         """Extends this worker's leases; a run whose lease was lost (this
@@ -189,16 +189,21 @@ class RunExecutor:
         its lease first."""
         self._spawn(run, self._execute(run))
 
-    def _spawn(self, run: Run, work: Coroutine[Any, Any, None]) -> None:
-        if run.id in self._tasks:
+    def _spawn(self, run: Run, work: Coroutine[Any, Any, None], *, leased: bool = False) -> None:
+        """Runs `work` as the run's task. Work on a run this worker already
+        leased (found by the poller) takes over from a dispatch task of the
+        same run still trying to lease it: that one finds the run taken and
+        ends quietly."""
+        if run.id in self._tasks and not leased:
             work.close()
             return
         task = asyncio.create_task(work, name=f"run-{run.id}")
         self._tasks[run.id] = task
 
-        def done(_: asyncio.Task[None]) -> None:
-            self._tasks.pop(run.id, None)
-            self._fenced.discard(run.id)
+        def done(finished: asyncio.Task[None]) -> None:
+            if self._tasks.get(run.id) is finished:
+                del self._tasks[run.id]
+                self._fenced.discard(run.id)
 
         task.add_done_callback(done)
 

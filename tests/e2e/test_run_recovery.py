@@ -119,3 +119,25 @@ async def test_streams_and_cancels_cross_worker_processes(tmp_path: Path, redis_
                 assert asyncio.get_running_loop().time() - started < 2
     finally:
         assert server.stop() == 0, server.log_tail()
+
+
+async def test_the_poller_and_the_admitting_worker_never_both_miss_a_run(tmp_path: Path) -> None:
+    # A poller that looks all the time races every dispatch for the lease;
+    # each run must still start at once, as its first attempt.
+    ports = Ports()
+    server = start_server(ports, tmp_path, ASTER_QUEUE_POLL_S="0.005", ASTER_RUN_LEASE_S="30")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
+            agents = agent_pb2_grpc.AgentServiceStub(channel)
+            agent = await scripted_agent(agents, script=[{"text": "ok"}])
+            runs = await asyncio.gather(
+                *(
+                    agents.SendMessage(agent_pb2.SendMessageRequest(agent_id=agent.id, message="x"))
+                    for _ in range(40)
+                )
+            )
+            done = [await wait_status(agents, run.id, limit_s=10) for run in runs]
+        assert all(run.status == COMPLETED for run in done)
+        assert [run.attempt for run in done] == [1] * 40
+    finally:
+        assert server.stop() == 0
