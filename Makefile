@@ -59,7 +59,10 @@ test: venv buf-deps $(BUF) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: venv
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python bench/unary.py
+	$(BIN)/python bench/chat_stream.py
+	$(BIN)/python bench/run_queue.py
 
 # The fault scenarios of tests/faults at ten times their CI size.
 soak: venv buf-deps $(BUF)
