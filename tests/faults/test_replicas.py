@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from sqlalchemy import text
 from aster.server.storage.database import Database
 from aster.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 from tests.chat_helpers import event_from_json, scripted_agent, sse_events, words
+from tests.conftest import IN_CI
 from tests.processes import Ports, Process, free_port, stack_env, start_edge, start_server
 from tests.unit.storage.conftest import _reset_postgres
 
@@ -412,3 +414,59 @@ async def test_a_rolling_restart_fails_no_read(
     print(f"\nfault 7: unary calls={calls} failed={len(failures)} during 3 restarts")
     assert calls > 100
     assert not failures, failures[:5]
+
+
+def _postgres_cluster(action: str) -> None:
+    """Stops or starts the machine's PostgreSQL (the one the tests use)."""
+    control = shutil.which("pg_ctlcluster")
+    versions = sorted(Path("/etc/postgresql").glob("*")) if Path("/etc/postgresql").is_dir() else []
+    if control is None or not versions:
+        if IN_CI:
+            pytest.fail("pg_ctlcluster is not available; CI=true requires it")
+        pytest.skip("pg_ctlcluster is not available")
+    args = [control, "--skip-systemctl-redirect", versions[-1].name, "main", action]
+    if action == "stop":
+        args += ["-m", "fast"]
+    subprocess.run(args, check=True, capture_output=True, timeout=60)
+
+
+async def test_a_postgresql_restart_fails_cleanly_and_recovers(
+    cluster: Cluster, agents0: agent_pb2_grpc.AgentServiceStub
+) -> None:
+    agent = await scripted_agent(agents0)
+    codes: list[grpc.StatusCode] = []
+    down = False
+    try:
+        _postgres_cluster("stop")
+        down = True
+        async with grpc.aio.insecure_channel(cluster.target(1)) as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            for _ in range(5):
+                try:
+                    await stub.GetAgent(agent_pb2.GetAgentRequest(id=agent.id), timeout=5)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.aio.AioRpcError as err:
+                    codes.append(err.code())
+                await asyncio.sleep(0.2)
+    finally:
+        if down:
+            _postgres_cluster("start")
+    assert set(codes) == {grpc.StatusCode.UNAVAILABLE}, codes
+    back = time.monotonic()
+    async with grpc.aio.insecure_channel(cluster.target(1)) as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        while True:
+            try:
+                got = await stub.GetAgent(agent_pb2.GetAgentRequest(id=agent.id), timeout=5)
+                break
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.UNAVAILABLE
+                assert time.monotonic() - back < 20, "the pools did not recover"
+                await asyncio.sleep(0.2)
+    assert got.id == agent.id
+    print(
+        f"\nfault 6: while down {len(codes)} calls, all UNAVAILABLE;"
+        f" recovered in {time.monotonic() - back:.1f}s"
+    )
+    for replica in cluster.replicas:
+        replica.assert_running()
