@@ -78,14 +78,22 @@ def cluster(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Clust
         timeout=120,
     )
     assert upgrade.returncode == 0, upgrade.stderr
-    replicas = [start_server(p, tmp_path / f"r{i}", **env) for i, p in enumerate(ports)]
-    upstreams = ",".join(f"127.0.0.1:{p.grpc}" for p in ports)
-    edge = start_edge(ports[0], tmp_path / "edge", ASTER_UPSTREAMS=upstreams)
-    yield Cluster(env, ports, replicas, edge, tmp_path, postgres_url)
-    edge.stop()
-    for replica in replicas:
-        replica.stop()
-    asyncio.run(_reset_postgres(postgres_url))
+    started: list[Process] = []
+    cluster: Cluster | None = None
+    try:
+        for index, replica_ports in enumerate(ports):
+            started.append(start_server(replica_ports, tmp_path / f"r{index}", **env))
+        upstreams = ",".join(f"127.0.0.1:{p.grpc}" for p in ports)
+        edge = start_edge(ports[0], tmp_path / "edge", ASTER_UPSTREAMS=upstreams)
+        started.append(edge)
+        cluster = Cluster(env, ports, started[:3], edge, tmp_path, postgres_url)
+        yield cluster
+    finally:
+        # Whatever started is stopped, even if start-up failed half way: a
+        # stray replica would keep polling the shared test database.
+        for process in {*started, *(cluster.replicas if cluster else [])}:
+            process.stop()
+        asyncio.run(_reset_postgres(postgres_url))
 
 
 @pytest.fixture
@@ -231,6 +239,15 @@ async def test_cancel_through_another_replica(
     assert elapsed < 2
 
 
+def active_streams(metrics_port: int) -> float:
+    """The aster_active_streams gauge of one replica."""
+    text_ = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    for line in text_.splitlines():
+        if line.startswith("aster_active_streams "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 async def test_chat_streams_rejoin_through_envoy_after_a_kill(
     cluster: Cluster, agents0: agent_pb2_grpc.AgentServiceStub
 ) -> None:
@@ -284,7 +301,10 @@ async def test_chat_streams_rejoin_through_envoy_after_a_kill(
     async with httpx.AsyncClient(base_url=cluster.edge_url, timeout=30) as http:
         tasks = [asyncio.create_task(one(http)) for _ in range(streams)]
         await asyncio.sleep(1.0)
-        cluster.replicas[0].popen.send_signal(signal.SIGKILL)
+        # Kill the replica serving the most streams right now.
+        busiest = max(range(3), key=lambda i: active_streams(cluster.ports[i].metrics))
+        assert active_streams(cluster.ports[busiest].metrics) > 0
+        cluster.replicas[busiest].popen.send_signal(signal.SIGKILL)
         results = await asyncio.wait_for(asyncio.gather(*tasks), 90)
     rejoins = sorted(t for _, t in results if t)
     p99 = rejoins[int(len(rejoins) * 0.99) - 1] if rejoins else 0.0
