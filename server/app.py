@@ -356,6 +356,7 @@ async def run_server(
     finally:
         _log.info("shutting down", grace_s=settings.shutdown_grace_s)
         await health_servicer.enter_graceful_shutdown()
+        components.executor.stop_taking_runs()
         pruning.cancel()
         readiness.cancel()
         await server.stop(settings.shutdown_grace_s)

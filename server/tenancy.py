@@ -31,5 +31,9 @@ def enter(principal: Principal) -> Token[Principal | None]:
 
 
 def leave(token: Token[Principal | None]) -> None:
-    """Restores the caller before `enter`."""
-    _principal.reset(token)
+    """Restores the caller before `enter` (a stream closed from another
+    task's context just forgets it)."""
+    try:
+        _principal.reset(token)
+    except ValueError:
+        _principal.set(None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 from aster.server.auth.api_key_service import ApiKeyService
@@ -47,5 +48,6 @@ class Authenticator:
         if bearer:
             if self._tokens is None:
                 raise CredentialsRejected("jwt_disabled")
-            return self._tokens.verify(bearer)
+            # A JWKS URL may be fetched (blocking): keep it off the event loop.
+            return await asyncio.to_thread(self._tokens.verify, bearer)
         raise CredentialsRejected("missing_credentials")

@@ -14,6 +14,8 @@ from jwt import PyJWKClient, PyJWKSet
 from aster.server.auth.models import CredentialsRejected, Principal
 from aster.server.ids import ID_PATTERN
 
+JWKS_TIMEOUT_S = 5
+
 
 @dataclass(frozen=True)
 class JwtSettings:
@@ -40,7 +42,9 @@ class JwtVerifier:
         if settings.jwks_file is not None:
             self._jwks = PyJWKSet.from_json(settings.jwks_file.read_text())
         elif settings.jwks_url:
-            self._jwks_client = PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300)
+            self._jwks_client = PyJWKClient(
+                settings.jwks_url, cache_keys=True, lifespan=300, timeout=JWKS_TIMEOUT_S
+            )
 
     def _key(self, token: str, algorithm: str) -> Any:
         if algorithm == "HS256":

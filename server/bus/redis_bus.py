@@ -44,7 +44,11 @@ class RedisBus:
             manager = self._local.subscribe(topic)
             subscription = await manager.__aenter__()
             if first:
-                await self._pubsub.subscribe(PREFIX + topic)
+                try:
+                    await self._pubsub.subscribe(PREFIX + topic)
+                except BaseException:
+                    await manager.__aexit__(None, None, None)
+                    raise
             if self._reader is None:
                 self._reader = asyncio.create_task(self._read(), name="redis-bus-reader")
         try:
@@ -69,10 +73,12 @@ class RedisBus:
                 continue
             if raw is None or raw.get("type") != "message":
                 continue
-            channel = (
-                raw["channel"].decode() if isinstance(raw["channel"], bytes) else raw["channel"]
-            )
-            self._local.deliver(channel.removeprefix(PREFIX), json.loads(raw["data"]))
+            try:
+                channel = raw["channel"]
+                channel = channel.decode() if isinstance(channel, bytes) else channel
+                self._local.deliver(channel.removeprefix(PREFIX), json.loads(raw["data"]))
+            except (ValueError, KeyError, AttributeError) as err:
+                _log.warning("ignoring a malformed bus message", error=str(err))
 
     async def ping(self) -> bool:
         """True if Redis answers PING within a second."""

@@ -36,8 +36,12 @@ def begin(info: CallInfo) -> Token[CallInfo | None]:
 
 
 def end(token: Token[CallInfo | None]) -> None:
-    """Forgets the current call."""
-    _call.reset(token)
+    """Forgets the current call (also when a stream is closed from another
+    task's context)."""
+    try:
+        _call.reset(token)
+    except ValueError:
+        _call.set(None)
 
 
 def current_call() -> CallInfo | None:

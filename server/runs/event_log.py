@@ -23,7 +23,9 @@ REPLAY_BATCH = 500
 STORE_ATTEMPTS = 6
 STORE_RETRY_FIRST_S = 0.2
 # How often a follower re-checks the store while the bus is quiet.
-IDLE_CHECK_S = 2.0
+# (Live events arrive through the bus; this only catches a missed one or a
+# run that ended without a last event, so it can be rare.)
+IDLE_CHECK_S = 10.0
 
 
 def topic(run_id: str) -> str:
@@ -152,13 +154,16 @@ class EventLog:
             while True:
                 message = await live.get(wait_s=IDLE_CHECK_S)
                 if message is None or isinstance(message, Lagged):
+                    # Whether the run had ended is read before its events:
+                    # a run ending in between still has its last event read.
+                    ended = message is None and await finished()
                     stored = await self._repository.events(run_id, session_id, last, REPLAY_BATCH)
                     for event in stored:
                         yield event
                         last = event.seq
                         if event.terminal:
                             return
-                    if not stored and message is None and await finished():
+                    if ended and not stored:
                         return
                     continue
                 event = _from_message(message)

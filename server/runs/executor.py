@@ -37,7 +37,7 @@ from aster.server.runs.limits import LeaseSettings, RunLimits
 from aster.server.runs.models import Run, RunEvent, RunStatus
 from aster.server.sessions.models import Checkpoint, Message, ToolCallRecord
 from aster.server.storage.run_repository import RunRepository
-from aster.server.storage.session_repository import SessionRepository
+from aster.server.storage.session_repository import RunAttemptStale, SessionRepository
 
 _log = structlog.get_logger("aster.runs")
 CONTROL_TOPIC = "control"
@@ -72,10 +72,12 @@ class _Emitter:
             self.pending = [f for f in self.pending if not f.done()]
         return done
 
-    async def flush(self) -> None:
-        """Waits until every emitted event is stored."""
+    async def flush(self) -> bool:
+        """Waits until every emitted event is stored; False if some could
+        not be (the database failed for longer than the log retries)."""
         pending, self.pending = self.pending, []
-        await asyncio.gather(*pending, return_exceptions=True)
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        return not any(isinstance(r, BaseException) for r in results)
 
 
 @dataclass
@@ -116,6 +118,8 @@ class RunExecutor:
         self._limits = limits
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[str] = set()
+        # Runs this worker is executing (it holds their lease): their attempt.
+        self._executing: dict[str, int] = {}
         # Runs this worker lost to another attempt: they end without a trace.
         self._fenced: set[str] = set()
         self._shutting_down = False
@@ -148,6 +152,8 @@ class RunExecutor:
     async def _poll(self) -> None:
         """Takes queued runs nobody is executing (rescued ones, or runs
         whose predecessor ended elsewhere)."""
+        if self._shutting_down:
+            return
         room = self._lease.max_runs - len(self._tasks)
         if room <= 0 or self._shutting_down:
             return
@@ -157,21 +163,23 @@ class RunExecutor:
     async def _renew(self) -> None:
         """Extends this worker's leases; a run whose lease was lost (this
         worker stalled past it) is stopped without writing anything more."""
-        running = [run_id for run_id, task in self._tasks.items() if not task.done()]
-        held = await self._runs.renew(self.owner, running, utcnow(), self._lease.lease_s)
-        for run_id in set(running) - held:
+        executing = dict(self._executing)
+        held = await self._runs.renew(self.owner, list(executing), utcnow(), self._lease.lease_s)
+        for run_id in set(executing) - held:
             current = await self._runs.get_any(run_id)
-            if current is None or current.status is not RunStatus.RUNNING:
-                continue  # waiting for its predecessor, or finishing
-            if current.lease_owner == self.owner:
-                continue
+            if (
+                current is not None
+                and current.lease_owner == self.owner
+                and current.attempt == executing[run_id]
+            ):
+                continue  # finishing
             _log.warning("lease lost; stopping the run here", run_id=run_id)
             self._fenced.add(run_id)
             self.cancel_local(run_id)
 
     async def _rescue(self) -> None:
         """Re-queues runs whose worker stopped renewing their lease."""
-        rescued = await self._runs.rescue(utcnow())
+        rescued = await self._runs.rescue(utcnow(), self.owner)
         if rescued:
             _log.warning("rescued runs whose lease lapsed", runs=rescued)
             await self._poll()
@@ -197,6 +205,10 @@ class RunExecutor:
         if run.id in self._tasks and not leased:
             work.close()
             return
+        if leased and run.id in self._executing:
+            # This worker lost the run and took it back: stop the old attempt.
+            self._fenced.add(run.id)
+            self.cancel_local(run.id)
         task = asyncio.create_task(work, name=f"run-{run.id}")
         self._tasks[run.id] = task
 
@@ -204,6 +216,7 @@ class RunExecutor:
             if self._tasks.get(run.id) is finished:
                 del self._tasks[run.id]
                 self._fenced.discard(run.id)
+                self._cancelled.discard(run.id)
 
         task.add_done_callback(done)
 
@@ -254,27 +267,50 @@ class RunExecutor:
                 return
 
     async def _execute(self, run: Run) -> None:
-        emitter = _Emitter(run, self._log, seq=run.last_seq)
         try:
             if run.after_run_id:
                 await self._wait_for(run.after_run_id, run.session_id)
+            leased = await self._runs.lease(run.id, self.owner, utcnow(), self._lease.lease_s)
         except asyncio.CancelledError:
-            # Cancelled while queued: only a run nobody started ends here.
-            if await self._runs.cancel_queued(run.id, utcnow()):
-                last = emitter.next_event(
-                    "run_finished", status=RunStatus.CANCELLED.value, result=None
-                )
-                await self._runs.append_final_event(last)
-                await self._log.publish(last)
+            if self._shutting_down:
+                return  # stays queued for the other workers (or the next start)
+            # Cancelled before it started: a run still queued, or leased by
+            # this worker in the same instant, ends here; one started
+            # elsewhere is cancelled there.
+            await asyncio.shield(self.cancel_unstarted(run))
             return
-        leased = await self._runs.lease(run.id, self.owner, utcnow(), self._lease.lease_s)
         if leased is None:
             return  # cancelled while queued, or taken by another worker
         await self._started(leased)
 
+    async def cancel_unstarted(self, run: Run) -> bool:
+        """Ends a run nobody executes yet (QUEUED, or leased here but not
+        started) as CANCELLED, with its last event; False otherwise."""
+        if not await self._runs.cancel_unstarted(run.id, self.owner, utcnow()):
+            return False
+        current = await self._runs.get_any(run.id)
+        emitter = _Emitter(current or run, self._log, seq=current.last_seq if current else 0)
+        last = emitter.next_event("run_finished", status=RunStatus.CANCELLED.value, result=None)
+        await self._runs.append_final_event(last)
+        await self._log.publish(last)
+        return True
+
+    def stop_taking_runs(self) -> None:
+        """Shutdown begins: no more runs are polled for, and queued runs
+        this worker waits on stay queued for others."""
+        self._shutting_down = True
+
     async def _started(self, run: Run) -> None:
         """Executes a run this worker leased (from its last stored event on,
         if it is a later attempt)."""
+        self._executing[run.id] = run.attempt
+        try:
+            await self._execute_leased(run)
+        finally:
+            if self._executing.get(run.id) == run.attempt:
+                del self._executing[run.id]
+
+    async def _execute_leased(self, run: Run) -> None:
         emitter = _Emitter(run, self._log, seq=run.last_seq)
         outcome = _Outcome()
         started = time.monotonic()
@@ -284,6 +320,8 @@ class RunExecutor:
             emitter.emit("run_started", agent_id=run.agent_id)
             async with asyncio.timeout(self._limits.timeout_s):
                 await self._loop(run, emitter, outcome, started)
+        except RunAttemptStale:
+            return  # another attempt owns the run now
         except asyncio.CancelledError:
             if run.id in self._fenced:
                 return  # another attempt owns the run now
@@ -329,6 +367,7 @@ class RunExecutor:
                     create_time=utcnow(),
                     run_id=run.id,
                 ),
+                attempt=run.attempt,
             )
             await self._runs.update(run.id, input_message_id=user.id)
         tools: Sequence[ToolSpec] = ()
@@ -362,6 +401,7 @@ class RunExecutor:
                     ],
                     run_id=run.id,
                 ),
+                attempt=run.attempt,
             )
             if not calls:
                 outcome.result = message
@@ -483,13 +523,18 @@ class RunExecutor:
                 tool_call_id=call.id,
                 run_id=run.id,
             ),
+            attempt=run.attempt,
         )
 
     async def _finish(self, run: Run, emitter: _Emitter, outcome: _Outcome) -> None:
         if outcome.error:
             emitter.emit("error", code=outcome.error_code, message=outcome.error)
+        if not await emitter.flush():
+            # Events are missing from the stream: the run cannot count as done.
+            outcome.status, outcome.error_code = RunStatus.FAILED, "UNAVAILABLE"
+            outcome.error = "some of the run's events could not be stored"
+            outcome.result = None
         result = outcome.result
-        await emitter.flush()
         last = emitter.next_event(
             "run_finished",
             status=outcome.status.value,

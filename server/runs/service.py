@@ -198,6 +198,9 @@ class RunService:
         if run.status.terminal:
             return run
         await self._executor.cancel_everywhere(run.id)
+        if run.status is RunStatus.QUEUED:
+            # Queued and held by no worker (rescued, or between claims).
+            await self._executor.cancel_unstarted(run)
         try:
             async with asyncio.timeout(INTERRUPT_WAIT_S):
                 async for _ in self.events(tenant, run.id, run.last_seq):

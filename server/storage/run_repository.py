@@ -170,14 +170,17 @@ class RunRepository:
             )
             return set((await db.scalars(select(RunRow.id).where(*mine))).all())
 
-    async def rescue(self, now: datetime) -> list[str]:
+    async def rescue(self, now: datetime, rescuer: str = "") -> list[str]:
         """Re-queues, as their next attempt, the RUNNING runs whose lease
-        lapsed (their worker died or stalled); returns their ids."""
+        lapsed (their worker died or stalled); returns their ids. A worker
+        never rescues its own runs (`rescuer`): it is alive, only late."""
         async with self._db.session() as db:
             lapsed = (
                 await db.execute(
                     select(RunRow.id, RunRow.attempt).where(
-                        RunRow.status == RunStatus.RUNNING.value, RunRow.lease_expires < now
+                        RunRow.status == RunStatus.RUNNING.value,
+                        RunRow.lease_expires < now,
+                        RunRow.lease_owner != rescuer,
                     )
                 )
             ).all()
@@ -201,12 +204,23 @@ class RunRepository:
                     rescued.append(run_id)
         return rescued
 
-    async def cancel_queued(self, run_id: str, end_time: datetime) -> bool:
-        """QUEUED → CANCELLED; False if the run already started or ended."""
+    async def cancel_unstarted(self, run_id: str, owner: str, end_time: datetime) -> bool:
+        """→ CANCELLED if the run is QUEUED, or RUNNING under `owner`'s lease
+        but not yet executing (its worker was cancelled while leasing it);
+        False if it started elsewhere or ended."""
         async with self._db.session() as db:
             result = await db.execute(
                 update(RunRow)
-                .where(RunRow.id == run_id, RunRow.status == RunStatus.QUEUED.value)
+                .where(
+                    RunRow.id == run_id,
+                    or_(
+                        RunRow.status == RunStatus.QUEUED.value,
+                        and_(
+                            RunRow.status == RunStatus.RUNNING.value,
+                            RunRow.lease_owner == owner,
+                        ),
+                    ),
+                )
                 .values(
                     status=RunStatus.CANCELLED.value,
                     end_time=end_time,

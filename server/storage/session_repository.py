@@ -133,9 +133,21 @@ class SessionRepository:
             )
         return int(total or 0)
 
-    async def append_message(self, tenant: str, message: Message) -> Message:
-        """Stores `message` after the session's last one; returns it with its position."""
+    async def append_message(
+        self, tenant: str, message: Message, attempt: int | None = None
+    ) -> Message:
+        """Stores `message` after the session's last one; returns it with its
+        position. With `attempt`, only while that attempt of the message's
+        run is the current, running one (fencing: raises RunAttemptStale)."""
         async with self._db.session() as db:
+            if attempt is not None:
+                current = await db.scalar(
+                    select(RunRow.attempt).where(
+                        RunRow.id == message.run_id, RunRow.status == "RUNNING"
+                    )
+                )
+                if current != attempt:
+                    raise RunAttemptStale(message.run_id)
             last = await db.scalar(
                 select(func.max(MessageRow.position)).where(
                     MessageRow.tenant == tenant, MessageRow.session_id == message.session_id
@@ -335,6 +347,10 @@ class SessionRepository:
             output_tokens=int(runs[2]),
             last_activity_time=max(times) if times else None,
         )
+
+
+class RunAttemptStale(Exception):
+    """The writing attempt of a run is no longer its current one."""
 
 
 def checkpoint_row(tenant: str, checkpoint: Checkpoint) -> CheckpointRow:
