@@ -75,8 +75,10 @@ async def test_leases_rescue_and_fencing(database: Database) -> None:
     assert await runs.lease(queued.id, "w2", utcnow(), 10) is None
     assert await runs.renew("w1", [queued.id], utcnow(), 10) == {queued.id}
     assert await runs.renew("w2", [queued.id], utcnow(), 10) == set()
-    # w1 stalls: its lease lapses and the run is queued again as attempt 2.
-    assert await runs.rescue(utcnow() + timedelta(seconds=11)) == [queued.id]
+    # w1 stalls: its lease lapses and another worker queues the run again as
+    # attempt 2 (w1 itself, alive but late, does not).
+    assert await runs.rescue(utcnow() + timedelta(seconds=11), "w1") == []
+    assert await runs.rescue(utcnow() + timedelta(seconds=11), "w2") == [queued.id]
     requeued = await runs.get("t1", queued.id)
     assert (requeued.status, requeued.attempt) == (RunStatus.QUEUED, 2)
     taken = await runs.claim("w2", utcnow(), 10, 10)
@@ -136,7 +138,7 @@ async def test_cancelling_a_queued_run_only_once(database: Database) -> None:
     runs = RunRepository(database)
     s = await session(database)
     queued, _ = await runs.admit("t1", run(s.id), lambda _: "")
-    assert await runs.cancel_queued(queued.id, utcnow())
-    assert not await runs.cancel_queued(queued.id, utcnow())
+    assert await runs.cancel_unstarted(queued.id, "w", utcnow())
+    assert not await runs.cancel_unstarted(queued.id, "w", utcnow())
     assert await runs.lease(queued.id, "w", utcnow(), 10) is None
     assert (await runs.get("t1", queued.id)).status is RunStatus.CANCELLED
