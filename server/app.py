@@ -131,7 +131,11 @@ def build_components(settings: Settings) -> Components:
         providers,
         tools,
         limits,
-        LeaseSettings(lease_s=settings.run_lease_s, poll_s=settings.queue_poll_s),
+        LeaseSettings(
+            lease_s=settings.run_lease_s,
+            poll_s=settings.queue_poll_s,
+            max_attempts=settings.run_max_attempts,
+        ),
     )
     runs = RunService(run_repository, sessions, agents, tools, event_log, executor, limits, quotas)
     features = ["reflection"] if settings.reflection_enabled else []

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     # A run's lease: renewed by its worker every third of this; a worker
     # silent for longer loses the run to another worker (as a new attempt).
     run_lease_s: float = Field(10.0, ge=1)
+    # A run whose worker died this many times ends FAILED (0 = no limit).
+    run_max_attempts: int = Field(3, ge=0)
     # How often each worker looks for queued runs it can take.
     queue_poll_s: float = Field(0.5, gt=0)
     # How long a finished run's events stay replayable (StreamRun).

@@ -179,7 +179,10 @@ class RunExecutor:
 
     async def _rescue(self) -> None:
         """Re-queues runs whose worker stopped renewing their lease."""
-        rescued = await self._runs.rescue(utcnow(), self.owner)
+        rescued, given_up = await self._runs.rescue(utcnow(), self.owner, self._lease.max_attempts)
+        for last in given_up:
+            _log.error("gave up on a run that lost its worker every time", run_id=last.run_id)
+            await self._log.publish(last)
         if rescued:
             _log.warning("rescued runs whose lease lapsed", runs=rescued)
             await self._poll()

@@ -23,3 +23,5 @@ class LeaseSettings:
     poll_s: float = 0.5
     # Runs one worker executes at once; more stay queued for other workers.
     max_runs: int = 1000
+    # Attempts before a run that keeps losing its worker is given up (0: none).
+    max_attempts: int = 3

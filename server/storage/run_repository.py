@@ -170,22 +170,31 @@ class RunRepository:
             )
             return set((await db.scalars(select(RunRow.id).where(*mine))).all())
 
-    async def rescue(self, now: datetime, rescuer: str = "") -> list[str]:
+    async def rescue(
+        self, now: datetime, rescuer: str = "", max_attempts: int = 0
+    ) -> tuple[list[str], list[RunEvent]]:
         """Re-queues, as their next attempt, the RUNNING runs whose lease
-        lapsed (their worker died or stalled); returns their ids. A worker
-        never rescues its own runs (`rescuer`): it is alive, only late."""
+        lapsed (their worker died or stalled). A worker never rescues its
+        own runs (`rescuer`): it is alive, only late. A run that already had
+        `max_attempts` attempts (0: no cap) ends FAILED instead. Returns the
+        re-queued ids and the stored last events of the runs given up."""
         async with self._db.session() as db:
             lapsed = (
                 await db.execute(
-                    select(RunRow.id, RunRow.attempt).where(
+                    select(RunRow.id, RunRow.attempt, RunRow.last_seq).where(
                         RunRow.status == RunStatus.RUNNING.value,
                         RunRow.lease_expires < now,
                         RunRow.lease_owner != rescuer,
                     )
                 )
             ).all()
-            rescued = []
-            for run_id, attempt in lapsed:
+            rescued: list[str] = []
+            given_up: list[RunEvent] = []
+            for run_id, attempt, last_seq in lapsed:
+                if max_attempts and attempt >= max_attempts:
+                    events = await _give_up(db, run_id, attempt, last_seq, now)
+                    given_up.extend(events[-1:])
+                    continue
                 result = await db.execute(
                     update(RunRow)
                     .where(
@@ -202,7 +211,7 @@ class RunRepository:
                 )
                 if result.rowcount:  # type: ignore[attr-defined]
                     rescued.append(run_id)
-        return rescued
+        return rescued, given_up
 
     async def cancel_unstarted(self, run_id: str, owner: str, end_time: datetime) -> bool:
         """→ CANCELLED if the run is QUEUED, or RUNNING under `owner`'s lease
@@ -420,6 +429,56 @@ def _event_row(event: RunEvent) -> RunEventRow:
         data=event.data,
         create_time=event.create_time,
     )
+
+
+async def _give_up(
+    db: AsyncSession, run_id: str, attempt: int, last_seq: int, now: datetime
+) -> list[RunEvent]:
+    """Ends a run that lost its worker `attempt` times: FAILED, with an
+    error event and its last event."""
+    message = f"gave up after {attempt} attempts: the worker running it stopped every time"
+    result = await db.execute(
+        update(RunRow)
+        .where(
+            RunRow.id == run_id,
+            RunRow.attempt == attempt,
+            RunRow.status == RunStatus.RUNNING.value,
+        )
+        .values(
+            status=RunStatus.FAILED.value,
+            error=message,
+            end_time=now,
+            last_seq=last_seq + 2,
+            lease_owner="",
+            lease_expires=None,
+        )
+    )
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return []
+    row = await db.get(RunRow, run_id)
+    session_id = row.session_id if row else ""
+    events = [
+        RunEvent(
+            run_id,
+            session_id,
+            last_seq + 1,
+            attempt,
+            "error",
+            {"code": "UNAVAILABLE", "message": message},
+            now,
+        ),
+        RunEvent(
+            run_id,
+            session_id,
+            last_seq + 2,
+            attempt,
+            "run_finished",
+            {"status": RunStatus.FAILED.value, "result": None},
+            now,
+        ),
+    ]
+    db.add_all(_event_row(e) for e in events)
+    return events
 
 
 async def _take(db: AsyncSession, run_id: str, owner: str, now: datetime, lease_s: float) -> bool:

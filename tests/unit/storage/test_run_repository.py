@@ -77,8 +77,8 @@ async def test_leases_rescue_and_fencing(database: Database) -> None:
     assert await runs.renew("w2", [queued.id], utcnow(), 10) == set()
     # w1 stalls: its lease lapses and another worker queues the run again as
     # attempt 2 (w1 itself, alive but late, does not).
-    assert await runs.rescue(utcnow() + timedelta(seconds=11), "w1") == []
-    assert await runs.rescue(utcnow() + timedelta(seconds=11), "w2") == [queued.id]
+    assert await runs.rescue(utcnow() + timedelta(seconds=11), "w1") == ([], [])
+    assert await runs.rescue(utcnow() + timedelta(seconds=11), "w2") == ([queued.id], [])
     requeued = await runs.get("t1", queued.id)
     assert (requeued.status, requeued.attempt) == (RunStatus.QUEUED, 2)
     taken = await runs.claim("w2", utcnow(), 10, 10)
@@ -142,3 +142,21 @@ async def test_cancelling_a_queued_run_only_once(database: Database) -> None:
     assert not await runs.cancel_unstarted(queued.id, "w", utcnow())
     assert await runs.lease(queued.id, "w", utcnow(), 10) is None
     assert (await runs.get("t1", queued.id)).status is RunStatus.CANCELLED
+
+
+async def test_a_run_that_keeps_losing_its_worker_is_given_up(database: Database) -> None:
+    runs = RunRepository(database)
+    s = await session(database)
+    queued, _ = await runs.admit("t1", run(s.id), lambda _: "")
+    later = utcnow() + timedelta(seconds=11)
+    assert await runs.lease(queued.id, "w1", utcnow(), 10) is not None
+    assert (await runs.rescue(later, "w2", max_attempts=2))[0] == [queued.id]
+    assert await runs.lease(queued.id, "w2", utcnow(), 10) is not None
+    rescued, given_up = await runs.rescue(later, "w3", max_attempts=2)
+    assert rescued == []
+    assert [(e.kind, e.seq) for e in given_up] == [("run_finished", 2)]
+    failed = await runs.get("t1", queued.id)
+    assert failed.status is RunStatus.FAILED
+    assert "gave up after 2 attempts" in failed.error
+    kinds = [e.kind for e in await runs.events(queued.id, s.id, 0, 10)]
+    assert kinds == ["error", "run_finished"]
