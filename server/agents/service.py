@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from aster.server.agents.filters import parse_agent_filter
 from aster.server.agents.models import Agent, AgentSpec
@@ -13,7 +12,7 @@ from aster.server.clock import utcnow
 from aster.server.etags import check_etag
 from aster.server.ids import check_id, new_id
 from aster.server.limits.quotas import Quotas
-from aster.server.pagination import by_create_time, decode_token, next_page, page_size
+from aster.server.pagination import Page, by_create_time, decode_token, next_page, page_size
 from aster.server.storage.agent_repository import AgentRepository
 from aster.server.update_mask import apply_update_mask
 
@@ -39,14 +38,6 @@ UPDATABLE_PATHS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class AgentPage:
-    """One page of ListAgents."""
-
-    agents: list[Agent]
-    next_page_token: str
-
-
 class AgentService:
     """Agents of every tenant; each call names the caller's tenant."""
 
@@ -68,15 +59,14 @@ class AgentService:
         """One agent, or NOT_FOUND."""
         return await self._repository.get(tenant, check_id(agent_id, "id"))
 
-    async def list(self, tenant: str, size: int, token: str, filter_text: str) -> AgentPage:
+    async def list(self, tenant: str, size: int, token: str, filter_text: str) -> Page[Agent]:
         """One page of agents matching `filter_text`, oldest first."""
         limit = page_size(size)
         where = parse_agent_filter(filter_text)
         query = f"filter={filter_text.strip()}"
         after = decode_token(token, query)
         agents, more = await self._repository.list_page(tenant, where, after, limit)
-        page = next_page(agents, more, query, by_create_time)
-        return AgentPage(page.items, page.next_page_token)
+        return next_page(agents, more, query, by_create_time)
 
     async def update(
         self, tenant: str, agent_id: str, patch: AgentSpec, paths: Sequence[str], etag: str

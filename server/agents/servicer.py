@@ -54,7 +54,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             current_tenant(), request.page_size, request.page_token, request.filter
         )
         return agent_pb2.ListAgentsResponse(
-            agents=[agent_to_proto(a) for a in page.agents], next_page_token=page.next_page_token
+            agents=[agent_to_proto(a) for a in page.items], next_page_token=page.next_page_token
         )
 
     async def UpdateAgent(

@@ -18,6 +18,7 @@ from anthropic.types import (
 
 from aster.server.errors import AsterError, InvalidArgument, Unavailable
 from aster.server.providers.base import (
+    EMPTY_OBJECT_SCHEMA,
     ChatMessage,
     Delta,
     Finish,
@@ -38,7 +39,6 @@ from aster.server.providers.http_errors import (
 
 # The Messages API requires max_tokens; this is used when the agent sets none.
 DEFAULT_MAX_TOKENS = 1024
-EMPTY_OBJECT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
 
 _STOP_REASONS: dict[str, FinishReason] = {
     "end_turn": "stop",

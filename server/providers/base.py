@@ -32,6 +32,11 @@ class ChatMessage:
     tool_call_id: str = ""
 
 
+# The schema of a tool that takes no arguments (a tool needs an object schema
+# on the wire even then).
+EMPTY_OBJECT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
+
+
 @dataclass(frozen=True)
 class ToolSpec:
     """A tool the model may call: its name, description and JSON Schema."""

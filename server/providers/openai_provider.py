@@ -24,6 +24,7 @@ from openai.types.chat import (
 
 from aster.server.errors import AsterError, InvalidArgument, Unavailable
 from aster.server.providers.base import (
+    EMPTY_OBJECT_SCHEMA,
     ChatMessage,
     Delta,
     Finish,
@@ -41,9 +42,6 @@ from aster.server.providers.http_errors import (
     error_type,
     redact,
 )
-
-# A tool without a schema still needs an object schema on the wire.
-EMPTY_OBJECT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
 
 _FINISH_REASONS: dict[str, FinishReason] = {
     "stop": "stop",

@@ -22,7 +22,7 @@ from aster.server.errors import AlreadyExists, FailedPrecondition, InvalidArgume
 from aster.server.etags import check_etag
 from aster.server.ids import check_id, new_id
 from aster.server.pagination import Cursor, decode_token, encode_token, page_size
-from aster.server.providers.base import ToolSpec
+from aster.server.providers.base import EMPTY_OBJECT_SCHEMA, ToolSpec
 from aster.server.storage.tool_repository import ToolRepository, not_found
 from aster.server.tools.builtins import (
     BuiltinTool,
@@ -39,7 +39,6 @@ from aster.server.tools.http_executor import (
 )
 from aster.server.tools.models import Tool, ToolDefinition, ToolError, ToolOutcome
 from aster.server.tools.validation import (
-    NO_PARAMETERS,
     argument_error,
     normalized,
     validate_tool_definition,
@@ -96,7 +95,7 @@ def tool_spec(tool: Tool) -> ToolSpec:
     return ToolSpec(
         name=definition.name,
         description=definition.description,
-        parameters=definition.parameters or dict(NO_PARAMETERS),
+        parameters=definition.parameters or dict(EMPTY_OBJECT_SCHEMA),
     )
 
 

@@ -15,6 +15,7 @@ from jsonschema.exceptions import SchemaError, best_match
 
 from aster.server.errors import InvalidArgument
 from aster.server.labels import validate_labels
+from aster.server.providers.base import EMPTY_OBJECT_SCHEMA
 from aster.server.tools.models import HttpToolConfig, ToolDefinition, ToolKind
 
 MAX_DESCRIPTION = 2_000
@@ -34,8 +35,6 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 RESERVED_HEADERS = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "idempotency-key"}
 )
-# The schema of a tool that declares no parameters.
-NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 
 _NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,63}$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
@@ -174,7 +173,7 @@ def effective_max_response_bytes(config: HttpToolConfig) -> int:
 
 def argument_error(parameters: dict[str, Any], arguments: Any) -> str:
     """Why `arguments` do not satisfy the tool's `parameters` schema, or ""."""
-    schema = parameters or NO_PARAMETERS
+    schema = parameters or EMPTY_OBJECT_SCHEMA
     if not isinstance(arguments, dict):
         return f"arguments must be a JSON object, not {type(arguments).__name__}"
     try:

@@ -62,7 +62,7 @@ async def test_tenants_do_not_see_each_other(service: AgentService) -> None:
     with pytest.raises(NotFound):
         await service.delete("t2", agent.id, "")
     page = await service.list("t2", 0, "", "")
-    assert page.agents == []
+    assert page.items == []
     assert await service.count("t1") == 1
 
 
@@ -71,7 +71,7 @@ async def test_pagination_walks_every_agent_once(service: AgentService) -> None:
     seen, token, pages = [], "", 0
     while True:
         page = await service.list("t1", 3, token, "")
-        seen += [a.id for a in page.agents]
+        seen += [a.id for a in page.items]
         pages += 1
         token = page.next_page_token
         if not token:
@@ -86,7 +86,7 @@ async def test_filter_by_labels_and_state(service: AgentService) -> None:
     off = helper("c", team="ml")
     off.state = AgentState.DISABLED
     disabled = await service.create("t1", off)
-    ids = lambda page: [a.id for a in page.agents]  # noqa: E731
+    ids = lambda page: [a.id for a in page.items]  # noqa: E731
     assert ids(await service.list("t1", 0, "", "labels.team=ml")) == [ml.id, disabled.id]
     assert ids(await service.list("t1", 0, "", "labels.tier:*")) == [ml.id]
     assert ids(await service.list("t1", 0, "", "labels.team=ml AND state=DISABLED")) == [
