@@ -39,10 +39,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +49,7 @@ from typing import Any
 import asyncpg
 import grpc
 from google.protobuf import struct_pb2
-from unary import (
+from harness import (
     BENCH,
     GRPC_OPTIONS,
     HOST,
@@ -59,20 +57,22 @@ from unary import (
     PYTHON,
     BenchError,
     Managed,
-    Measurement,
-    _cpu_notes,
-    _interrupt,
-    _log,
-    _read_line,
     _read_stat,
     child_env,
     free_ports,
-    machine_busy_s,
+    log,
     percentile,
     process_tree,
+    run_bench,
     started,
     wait_grpc_healthy,
     wait_http_ok,
+)
+from unary import (
+    Measurement,
+    _cpu_notes,
+    _read_line,
+    machine_busy_s,
     wrk_load,
 )
 
@@ -148,7 +148,7 @@ def bench_database(args: argparse.Namespace) -> Iterator[str]:
         Managed.stop_all()
         try:
             pg_admin(args.admin_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            _log(f"dropped database {name}")
+            log(f"dropped database {name}")
         except Exception as err:
             print(f"bench: could not drop database {name}: {err}", file=sys.stderr)
 
@@ -311,7 +311,7 @@ def migrate(args: argparse.Namespace, database_url: str, work: Path) -> None:
 def start_replica(index: int, args: argparse.Namespace, database_url: str, work: Path) -> Replica:
     ports = _ports()
     env = aster_env(args, database_url, ports, work / f"replica{index}")
-    _log(f"starting replica {index} on {HOST}:{ports['grpc']}")
+    log(f"starting replica {index} on {HOST}:{ports['grpc']}")
     proc = Managed(f"replica{index}", [PYTHON, "-m", "aster.server.cli", "serve"], work, env)
     wait_grpc_healthy(proc, ports["grpc"])
     return Replica(index, ports, proc)
@@ -490,7 +490,7 @@ def aster_case(
     else:
         command = [PYTHON, str(LOAD), "admit", f"--database-url={ctx.database_url}"]
     command.append(f"--clients={args.clients}")
-    _log(f"{case}: {_describe(plan)}")
+    log(f"{case}: {_describe(plan)}")
     batches = run_batches(
         case,
         command,
@@ -571,7 +571,7 @@ def procrastinate_case(case: str, args: argparse.Namespace, ctx: Context) -> lis
         )
         return int(rows[0]["n"])
 
-    _log(f"{case}: {_describe(plan)}; worker concurrency {args.worker_concurrency}")
+    log(f"{case}: {_describe(plan)}; worker concurrency {args.worker_concurrency}")
     worker = Managed(f"{case}-worker", worker_args, ctx.work, pipes=True)
     with started(worker):
         _expect(worker, "ready")
@@ -653,7 +653,7 @@ def unary_case(
     ports = _ports()
     env = aster_env(args, ctx.database_url, ports, ctx.work / f"edge{count}")
     env["ASTER_UPSTREAMS"] = ",".join(r.target for r in replicas)
-    _log(f"(e) starting aster edge over {count} replica(s) on {HOST}:{ports['http']}")
+    log(f"(e) starting aster edge over {count} replica(s) on {HOST}:{ports['http']}")
     edge = Managed(f"edge{count}", [PYTHON, "-m", "aster.server.cli", "edge"], ctx.work, env)
     with started(edge):
         url = f"http://{HOST}:{ports['http']}/v1/agents/{agent_id}"
@@ -665,7 +665,7 @@ def unary_case(
         load = argparse.Namespace(
             procs=args.procs, concurrency=args.concurrency, warmup=0, duration=args.duration
         )
-        _log(f"(e) wrk, {count} replica(s)")
+        log(f"(e) wrk, {count} replica(s)")
         ctx.sampler.start()
         driver_before = time.process_time()
         result = wrk_load(url, load, [*(r.proc.pid for r in replicas), edge.pid], ctx.work, "e")
@@ -868,7 +868,7 @@ def run(args: argparse.Namespace, work: Path, results: Results) -> None:
     results.header = machine(args.admin_dsn)
     with bench_database(args) as dsn:
         database_url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
-        _log(f"created database {args.database}; migrating")
+        log(f"created database {args.database}; migrating")
         migrate(args, database_url, work)
         db = Db(dsn)
         try:
@@ -923,58 +923,42 @@ def _cases(args: argparse.Namespace, ctx: Context, results: Results) -> None:
         for case in "cd":
             if case in args.cases:
                 results.queue += procrastinate_case(case, args, ctx)
-                _log("\n".join(queue_table(results.queue)[-2:]))
+                log("\n".join(queue_table(results.queue)[-2:]))
     if not args.cases & set("abe"):
         return
     replicas = [start_replica(0, args, ctx.database_url, ctx.work)]
     for case in "ab":
         if case in args.cases:
             results.queue += aster_case(case, args, replicas[0], ctx)
-            _log("\n".join(queue_table(results.queue)[-2:]))
+            log("\n".join(queue_table(results.queue)[-2:]))
     if "e" in args.cases:
         agent_id = create_agent(replicas[0], "bench-get")
         for count in args.replicas:
             while len(replicas) < count:
                 replicas.append(start_replica(len(replicas), args, ctx.database_url, ctx.work))
             results.unary.append(unary_case(replicas[:count], args, agent_id, ctx))
-            _log(f"(e) {unary_table(results.unary)[-1]}")
+            log(f"(e) {unary_table(results.unary)[-1]}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; stops every child and drops the database however the run ends."""
     args = parse_args(argv)
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _interrupt)
-    work = Path(tempfile.mkdtemp(prefix="aster-bench-queue-"))
-    code = 0
     results = Results()
-    try:
+
+    def measure(work: Path) -> list[str]:
         run(args, work, results)
-    except KeyboardInterrupt:
-        print("\nbench: interrupted; stopping processes", file=sys.stderr)
-        code = 130
-    except BenchError as err:
-        print(f"bench: error: {err}", file=sys.stderr)
-        code = 1
-    except Exception:
-        traceback.print_exc()
-        code = 1
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN)
-        Managed.stop_all()
-        if results.queue or results.unary:
-            if code:
-                print("bench: what was measured before the run ended:", file=sys.stderr)
-            text = "\n".join(report(args, results)) + "\n"
-            print(text)
-            if args.output:
-                args.output.write_text(text)
-        if args.keep or code == 1:
-            print(f"bench: logs kept in {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    return code
+        return []
+
+    def late_report(code: int) -> list[str]:
+        if not (results.queue or results.unary):
+            return []
+        if code:
+            print("bench: what was measured before the run ended:", file=sys.stderr)
+        return report(args, results)
+
+    return run_bench(
+        "aster-bench-queue-", measure, output=args.output, keep=args.keep, late_report=late_report
+    )
 
 
 if __name__ == "__main__":

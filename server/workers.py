@@ -9,9 +9,14 @@ import os
 import shutil
 import signal
 import sys
+import time
+from collections import deque
+from multiprocessing.connection import wait as wait_for_processes
+from multiprocessing.process import BaseProcess
 from types import FrameType
 
 import structlog
+from prometheus_client import multiprocess as prometheus_multiprocess
 
 from aster.server.config import Settings
 from aster.server.errors import StartupError
@@ -81,26 +86,96 @@ def _serve(settings: Settings) -> int:
 
     if settings.metrics_port:
         serve_metrics(settings.metrics_port, settings.metrics_host)
-    context = multiprocessing.get_context("spawn")
-    workers = [
-        context.Process(target=_worker, args=(settings,), name=f"aster-worker-{i}")
-        for i in range(settings.workers)
-    ]
-    for process in workers:
-        process.start()
-    _log.info("workers started", workers=settings.workers, pids=[p.pid for p in workers])
+    return _Supervisor(settings).run()
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        for process in workers:
+
+# A worker that dies this many times within the window means a crash loop:
+# the server stops instead of restarting it forever.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+RESTART_DELAY_S = 1.0
+
+
+class _Supervisor:
+    """Starts the worker processes, restarts one that dies unexpectedly
+    (SIGKILL, out of memory, a crash), and forwards SIGTERM/SIGINT."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._context = multiprocessing.get_context("spawn")
+        self._workers: dict[int, BaseProcess] = {}
+        self._restarts: deque[float] = deque()
+        self._stopping = False
+        self._failed = False
+
+    def _start(self, index: int) -> None:
+        process = self._context.Process(
+            target=_worker, args=(self._settings,), name=f"aster-worker-{index}"
+        )
+        process.start()
+        self._workers[index] = process
+
+    def _forward(self, signum: int, _frame: FrameType | None) -> None:
+        self._stopping = True
+        for process in self._workers.values():
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for process in workers:
-        process.join()
-    codes = [process.exitcode or 0 for process in workers]
-    return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1
+    def _restart(self, index: int, process: BaseProcess) -> None:
+        now = time.monotonic()
+        while self._restarts and now - self._restarts[0] > RESTART_WINDOW_S:
+            self._restarts.popleft()
+        if len(self._restarts) >= MAX_RESTARTS:
+            _log.error(
+                "workers keep dying; stopping the server",
+                restarts=len(self._restarts),
+                window_s=RESTART_WINDOW_S,
+            )
+            self._failed = True
+            self._forward(signal.SIGTERM, None)
+            return
+        self._restarts.append(now)
+        if process.pid is not None:
+            # Its gauges no longer count in the merged metrics.
+            prometheus_multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
+        time.sleep(RESTART_DELAY_S)
+        if not self._stopping:
+            self._start(index)
+            _log.warning(
+                "restarted a worker that died",
+                worker=index,
+                exit_code=process.exitcode,
+                pid=self._workers[index].pid,
+            )
+
+    def run(self) -> int:
+        """Supervises until every worker has stopped; returns the exit code."""
+        for index in range(self._settings.workers):
+            self._start(index)
+        _log.info(
+            "workers started",
+            workers=self._settings.workers,
+            pids=[p.pid for p in self._workers.values()],
+        )
+        signal.signal(signal.SIGTERM, self._forward)
+        signal.signal(signal.SIGINT, self._forward)
+        codes: list[int] = []
+        while self._workers:
+            wait_for_processes([p.sentinel for p in self._workers.values()], timeout=1.0)
+            for index, process in list(self._workers.items()):
+                if process.is_alive():
+                    continue
+                process.join()
+                del self._workers[index]
+                code = process.exitcode or 0
+                if self._stopping:
+                    codes.append(code)
+                else:
+                    _log.error("a worker died", worker=index, exit_code=code, pid=process.pid)
+                    self._restart(index, process)
+        if self._failed:
+            return 1
+        return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

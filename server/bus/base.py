@@ -37,6 +37,15 @@ class Subscription:
             return
         self._queue.put_nowait(message)
 
+    def lag(self) -> None:
+        """Tells the subscriber it may have missed messages (the bus lost
+        them, e.g. while its store was unreachable): it gets LAGGED next,
+        then only messages delivered after it took LAGGED."""
+        if self._lagged:
+            return
+        self._lagged = True
+        self._queue.put_nowait(LAGGED)
+
     async def get(self, wait_s: float | None = None) -> Message | Lagged | None:
         """The next message, LAGGED, or None after `wait_s` seconds."""
         try:

@@ -1,84 +1,86 @@
-"""The distributed event bus: Redis pub/sub between replicas, one connection
-per process, fanned out locally. (Durable replay comes from the database.)"""
+"""The distributed event bus: Redis streams for event topics (runs, rooms,
+workflow executions), Redis pub/sub for broadcast control topics (cancel).
+
+Event topics are streams (see `redis_streams`): a replica that was briefly
+away or slow still reads what it missed, as long as Redis keeps it, and
+idle topics cost no connection. Control topics stay on pub/sub: a cancel
+is a broadcast that only matters to replicas listening at that moment."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 
-import structlog
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from aster.server.bus.base import Message, Subscription
-from aster.server.bus.in_process import InProcessBus
+from aster.server.bus.redis_pubsub import RedisPubSub
+from aster.server.bus.redis_streams import (
+    KEYS_PER_READER,
+    MAXLEN,
+    PREFIX,
+    TIMEOUT_S,
+    TTL_S,
+    RedisStreams,
+)
 
-_log = structlog.get_logger("aster.bus")
-PREFIX = "aster:"
+# Topics broadcast over pub/sub instead of being kept in a stream: the
+# cancels of runs, room collaborations and workflow executions (the
+# CONTROL_TOPIC of runs/executor.py, rooms/runner.py and
+# workflows/execution_worker.py). They matter only to listeners present now.
+BROADCAST_TOPICS = frozenset({"control", "room-control", "workflow-control"})
+# Connections for publishing and short reads (readers have their own).
+MAX_CONNECTIONS = 32
 
 
 class RedisBus:
-    """Publishes through Redis; subscriptions share one pub/sub connection."""
+    """An `EventBus` over Redis: streams for events, pub/sub for control."""
 
     name = "redis"
 
-    def __init__(self, url: str) -> None:
-        self._redis = aioredis.from_url(url)
-        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        self._local = InProcessBus()
-        self._reader: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
+    def __init__(
+        self,
+        url: str,
+        *,
+        stream_maxlen: int = MAXLEN,
+        stream_ttl_s: int = TTL_S,
+        broadcast_topics: Collection[str] = BROADCAST_TOPICS,
+        stream_prefix: str = PREFIX,
+        keys_per_reader: int = KEYS_PER_READER,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        # Callers beyond `max_connections` at once queue for a connection
+        # (many streams opening together) instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=TIMEOUT_S, decode_responses=True
+        )
+        self._redis = aioredis.Redis.from_pool(pool)
+        self.streams = RedisStreams(
+            self._redis,
+            url,
+            prefix=stream_prefix,
+            maxlen=stream_maxlen,
+            ttl_s=stream_ttl_s,
+            keys_per_reader=keys_per_reader,
+        )
+        self._pubsub = RedisPubSub(self._redis)
+        self._broadcast = frozenset(broadcast_topics)
 
     async def publish(self, topic: str, message: Message) -> None:
         """Sends `message` to every replica's subscribers of `topic`."""
-        await self._redis.publish(PREFIX + topic, json.dumps(message, separators=(",", ":")))
+        if topic in self._broadcast:
+            await self._pubsub.publish(topic, message)
+        else:
+            await self.streams.publish(topic, message)
 
     @asynccontextmanager
     async def subscribe(self, topic: str) -> AsyncIterator[Subscription]:
         """A subscription for the duration of the block."""
-        async with self._lock:
-            first = not self._local.has_subscribers(topic)
-            manager = self._local.subscribe(topic)
-            subscription = await manager.__aenter__()
-            if first:
-                try:
-                    await self._pubsub.subscribe(PREFIX + topic)
-                except BaseException:
-                    await manager.__aexit__(None, None, None)
-                    raise
-            if self._reader is None:
-                self._reader = asyncio.create_task(self._read(), name="redis-bus-reader")
-        try:
+        side = self._pubsub if topic in self._broadcast else self.streams
+        async with side.subscribe(topic) as subscription:
             yield subscription
-        finally:
-            async with self._lock:
-                await manager.__aexit__(None, None, None)
-                if not self._local.has_subscribers(topic):
-                    with contextlib.suppress(RedisError):
-                        await self._pubsub.unsubscribe(PREFIX + topic)
-
-    async def _read(self) -> None:
-        while True:
-            try:
-                if not self._pubsub.subscribed:
-                    await asyncio.sleep(0.05)
-                    continue
-                raw = await self._pubsub.get_message(timeout=1.0)
-            except RedisError as err:
-                _log.warning("redis bus read failed; retrying", error=str(err))
-                await asyncio.sleep(0.5)
-                continue
-            if raw is None or raw.get("type") != "message":
-                continue
-            try:
-                channel = raw["channel"]
-                channel = channel.decode() if isinstance(channel, bytes) else channel
-                self._local.deliver(channel.removeprefix(PREFIX), json.loads(raw["data"]))
-            except (ValueError, KeyError, AttributeError) as err:
-                _log.warning("ignoring a malformed bus message", error=str(err))
 
     async def ping(self) -> bool:
         """True if Redis answers PING within a second."""
@@ -89,10 +91,7 @@ class RedisBus:
             return False
 
     async def close(self) -> None:
-        """Stops the reader and closes the connections."""
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        """Stops the readers and closes the connections."""
+        await self.streams.close()
+        await self._pubsub.close()
         await self._redis.aclose()

@@ -1,8 +1,11 @@
-"""Rate limiting: token buckets behind one interface, in-process or in Redis.
+"""Rate limiting and usage counts, each behind one interface, in-process
+or in Redis.
 
-`build_rate_limiter(settings.redis_url)` picks the implementation; callers
+`build_rate_limiter(settings.redis_url)` picks the rate limiter; callers
 use `acquire_all(limiter, [f"tenant:{t}", f"key:{k}"], rps, burst)` and turn
 a denied `Decision` into `ResourceExhausted` with `denial_error`.
+`build_token_usage(settings.redis_url, seed)` picks the daily token counts
+behind the token quota (`usage.py`).
 """
 
 from __future__ import annotations
@@ -13,15 +16,21 @@ from aster.server.errors import ResourceExhausted
 from aster.server.limits.base import Decision, Limit, RateLimiter, acquire_all
 from aster.server.limits.in_process import InProcessRateLimiter
 from aster.server.limits.redis_limiter import RedisRateLimiter
+from aster.server.limits.redis_usage import RedisTokenUsage
+from aster.server.limits.usage import InProcessTokenUsage, Seed, TokenUsage
 
 __all__ = [
     "Decision",
     "InProcessRateLimiter",
+    "InProcessTokenUsage",
     "Limit",
     "RateLimiter",
     "RedisRateLimiter",
+    "RedisTokenUsage",
+    "TokenUsage",
     "acquire_all",
     "build_rate_limiter",
+    "build_token_usage",
     "denial_error",
 ]
 
@@ -32,6 +41,14 @@ def build_rate_limiter(redis_url: str) -> RateLimiter:
     if redis_url:
         return RedisRateLimiter(redis_url)
     return InProcessRateLimiter()
+
+
+def build_token_usage(redis_url: str, seed: Seed) -> TokenUsage:
+    """Counts in Redis (one per tenant for every replica) when `redis_url`
+    is set, else in this process; both seeded from the database by `seed`."""
+    if redis_url:
+        return RedisTokenUsage(redis_url, seed)
+    return InProcessTokenUsage(seed)
 
 
 def denial_error(decision: Decision) -> ResourceExhausted:

@@ -195,21 +195,7 @@ class RunRepository:
                     events = await _give_up(db, run_id, attempt, last_seq, now)
                     given_up.extend(events[-1:])
                     continue
-                result = await db.execute(
-                    update(RunRow)
-                    .where(
-                        RunRow.id == run_id,
-                        RunRow.attempt == attempt,
-                        RunRow.status == RunStatus.RUNNING.value,
-                    )
-                    .values(
-                        status=RunStatus.QUEUED.value,
-                        attempt=attempt + 1,
-                        lease_owner="",
-                        lease_expires=None,
-                    )
-                )
-                if result.rowcount:  # type: ignore[attr-defined]
+                if await requeue_lapsed(db, run_id, attempt, last_seq, now):
                     rescued.append(run_id)
         return rescued, given_up
 
@@ -431,6 +417,37 @@ def _event_row(event: RunEvent) -> RunEventRow:
     )
 
 
+def _still_lapsed(run_id: str, attempt: int, last_seq: int, now: datetime) -> list[Any]:
+    """Conditions that the run is as the rescuer read it: the same attempt,
+    RUNNING, its lease still lapsed (its worker did not renew meanwhile) and
+    no event stored since (so the rescuer's events take the next seqs)."""
+    return [
+        RunRow.id == run_id,
+        RunRow.attempt == attempt,
+        RunRow.status == RunStatus.RUNNING.value,
+        RunRow.lease_expires < now,
+        RunRow.last_seq == last_seq,
+    ]
+
+
+async def requeue_lapsed(
+    db: AsyncSession, run_id: str, attempt: int, last_seq: int, now: datetime
+) -> bool:
+    """Queues a lapsed run again as its next attempt, unless it changed
+    since the rescuer read it (see `_still_lapsed`)."""
+    result = await db.execute(
+        update(RunRow)
+        .where(*_still_lapsed(run_id, attempt, last_seq, now))
+        .values(
+            status=RunStatus.QUEUED.value,
+            attempt=attempt + 1,
+            lease_owner="",
+            lease_expires=None,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 async def _give_up(
     db: AsyncSession, run_id: str, attempt: int, last_seq: int, now: datetime
 ) -> list[RunEvent]:
@@ -439,11 +456,7 @@ async def _give_up(
     message = f"gave up after {attempt} attempts: the worker running it stopped every time"
     result = await db.execute(
         update(RunRow)
-        .where(
-            RunRow.id == run_id,
-            RunRow.attempt == attempt,
-            RunRow.status == RunStatus.RUNNING.value,
-        )
+        .where(*_still_lapsed(run_id, attempt, last_seq, now))
         .values(
             status=RunStatus.FAILED.value,
             error=message,

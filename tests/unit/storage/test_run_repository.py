@@ -12,7 +12,7 @@ from aster.server.ids import new_id
 from aster.server.runs.models import Run, RunEvent, RunStatus
 from aster.server.sessions.models import Session, SessionSpec
 from aster.server.storage.database import Database
-from aster.server.storage.run_repository import RunRepository
+from aster.server.storage.run_repository import RunRepository, requeue_lapsed
 from aster.server.storage.session_repository import SessionRepository
 
 
@@ -160,3 +160,27 @@ async def test_a_run_that_keeps_losing_its_worker_is_given_up(database: Database
     assert "gave up after 2 attempts" in failed.error
     kinds = [e.kind for e in await runs.events(queued.id, s.id, 0, 10)]
     assert kinds == ["error", "run_finished"]
+
+
+async def test_a_rescue_loses_to_a_renewal_or_an_event_that_came_in_between(
+    database: Database,
+) -> None:
+    runs = RunRepository(database)
+    s = await session(database)
+    queued, _ = await runs.admit("t1", run(s.id), lambda _: "")
+    assert await runs.lease(queued.id, "w1", utcnow(), 10) is not None
+    later = utcnow() + timedelta(seconds=11)
+    # The rescuer read the run as lapsed at attempt 1 with no events; then w1
+    # (late, not dead) stored an event and renewed before the rescue wrote.
+    event = RunEvent(queued.id, s.id, 1, 1, "text_delta", {"delta": "x"}, utcnow())
+    assert await runs.append_events([event]) == set()
+    async with database.session() as db:
+        assert not await requeue_lapsed(db, queued.id, 1, 0, later)
+    assert await runs.renew("w1", [queued.id], later, 10) == {queued.id}
+    async with database.session() as db:
+        assert not await requeue_lapsed(db, queued.id, 1, 1, later)
+    assert (await runs.get("t1", queued.id)).attempt == 1
+    # Read as it is now, and lapsed, it is queued again.
+    async with database.session() as db:
+        assert await requeue_lapsed(db, queued.id, 1, 1, later + timedelta(seconds=11))
+    assert (await runs.get("t1", queued.id)).attempt == 2
