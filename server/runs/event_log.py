@@ -11,13 +11,13 @@ from typing import Any
 
 import structlog
 
-from aster.server.bus.base import EventBus, Lagged
+from aster.server.bus.base import EventBus
 from aster.server.clock import as_utc
 from aster.server.runs.models import RunEvent
 from aster.server.storage.run_repository import RunRepository
+from aster.server.streams.follow import replay_then_follow
 
 _log = structlog.get_logger("aster.runs")
-REPLAY_BATCH = 500
 # A failing database is retried this many times (backing off from the
 # first delay) before a batch of events is given up.
 STORE_ATTEMPTS = 6
@@ -140,46 +140,18 @@ class EventLog:
         """Every event with seq > after_seq: stored ones first, then live ones,
         until the run's last event. `finished` is an async callable telling
         whether the run has ended (for runs that ended without a last event)."""
-        last = after_seq
+
+        async def read(after: int, limit: int) -> list[RunEvent]:
+            return await self._repository.events(run_id, session_id, after, limit)
+
         async with self._bus.subscribe(topic(run_id)) as live:
-            while True:
-                batch = await self._repository.events(run_id, session_id, last, REPLAY_BATCH)
-                for event in batch:
-                    yield event
-                    last = event.seq
-                    if event.terminal:
-                        return
-                if len(batch) < REPLAY_BATCH:
-                    break
-            while True:
-                message = await live.get(wait_s=IDLE_CHECK_S)
-                if message is None or isinstance(message, Lagged):
-                    # Whether the run had ended is read before its events:
-                    # a run ending in between still has its last event read.
-                    ended = message is None and await finished()
-                    stored = await self._repository.events(run_id, session_id, last, REPLAY_BATCH)
-                    for event in stored:
-                        yield event
-                        last = event.seq
-                        if event.terminal:
-                            return
-                    if ended and not stored:
-                        return
-                    continue
-                event = _from_message(message)
-                if event.seq <= last:
-                    continue
-                if event.seq > last + 1:
-                    # Published before this reader subscribed, or dropped:
-                    # take the missing ones from the store.
-                    for missing in await self._repository.events(
-                        run_id, session_id, last, event.seq - last - 1
-                    ):
-                        yield missing
-                        last = missing.seq
-                    if event.seq != last + 1:
-                        continue
+            async for event in replay_then_follow(
+                read,
+                live,
+                _from_message,
+                after_seq,
+                is_last=lambda e: e.terminal,
+                finished=finished,
+                idle_check_s=IDLE_CHECK_S,
+            ):
                 yield event
-                last = event.seq
-                if event.terminal:
-                    return

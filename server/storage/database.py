@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,10 +31,19 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """A session in a transaction, committed when the block exits cleanly."""
+        """A session in a transaction, committed when the block exits cleanly
+        and rolled back otherwise. Ending the transaction is shielded from
+        cancellation: a task cancelled mid-transaction (a run or execution
+        being stopped) must not leave its connection holding locks, which on
+        SQLite would block every other writer."""
         try:
-            async with self._sessions.begin() as session:
+            session = self._sessions()
+            committed = False
+            try:
                 yield session
+                committed = True
+            finally:
+                await asyncio.shield(asyncio.ensure_future(_end(session, committed)))
         except exc.DBAPIError as err:
             if err.connection_invalidated or self._is_outage(err):
                 raise Unavailable(f"the database is unavailable: {err.orig!s:.200}") from err
@@ -60,6 +70,16 @@ class Database:
     async def close(self) -> None:
         """Closes every pooled connection."""
         await self.engine.dispose()
+
+
+async def _end(session: AsyncSession, commit: bool) -> None:
+    try:
+        if commit:
+            await session.commit()
+        else:
+            await session.rollback()
+    finally:
+        await session.close()
 
 
 def _create_engine(url: str) -> AsyncEngine:

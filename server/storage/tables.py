@@ -29,6 +29,8 @@ class AgentRow(Base):
     labels: Mapped[dict[str, str]] = mapped_column(JSON)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
     state: Mapped[str] = mapped_column(String(16))
+    # The agent's MemoryConfig (migration 0008); NULL means the defaults.
+    memory: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=None)
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revision: Mapped[int] = mapped_column(Integer)
