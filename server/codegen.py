@@ -1,9 +1,11 @@
-"""Regenerates `gen/` from `proto/`: Python messages, gRPC stubs, typed stubs
-and the descriptor set the Envoy transcoder loads.
+"""Regenerates `gen/` from `proto/`: Python messages, gRPC stubs, typed stubs,
+the descriptor set the Envoy transcoder loads, and TypeScript messages and
+service descriptors (`gen/ts/`, for the TypeScript client).
 
 Everything comes from installed packages: `grpcio-tools` (protoc and the
-well-known types), `googleapis-common-protos` (`google/api`, `google/rpc`) and
-`mypy-protobuf` (the `.pyi` stubs). Nothing is fetched from the network.
+well-known types), `googleapis-common-protos` (`google/api`, `google/rpc`),
+`mypy-protobuf` (the `.pyi` stubs) and, from npm, `@bufbuild/protoc-gen-es`
+(`npm install` at the repository root). Nothing is fetched from the network.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ GEN_DIR = REPO_ROOT / "gen"
 PYTHON_PACKAGE = Path("python") / "aster" / "v1"
 DESCRIPTOR_NAME = "descriptor.binpb"
 DESCRIPTOR_PATH = GEN_DIR / PYTHON_PACKAGE / DESCRIPTOR_NAME
+TS_DIR = Path("ts")
+PROTOC_GEN_ES = REPO_ROOT / "node_modules" / ".bin" / "protoc-gen-es"
 
 # google/rpc is compiled into the descriptor set so that Envoy's
 # `convert_grpc_status` can render ErrorInfo/RetryInfo details as JSON.
@@ -101,6 +105,31 @@ def generate(out_dir: Path) -> None:
     )
     (package_dir / "__init__.py").write_text('"""Generated from proto/aster/v1. Do not edit."""\n')
     (package_dir / "py.typed").write_text("")
+    _generate_typescript(out_dir / TS_DIR, files)
+
+
+def _generate_typescript(ts_out: Path, files: list[str]) -> None:
+    if not PROTOC_GEN_ES.exists():
+        raise RuntimeError(
+            f"{PROTOC_GEN_ES.relative_to(REPO_ROOT)} not found: run `npm install` at the "
+            "repository root (make does) to generate the TypeScript code"
+        )
+    ts_out.mkdir(parents=True, exist_ok=True)
+    # google/api/annotations is imported by every file, and clients read
+    # google/rpc error details: generate those too (the well-known types
+    # come from @bufbuild/protobuf/wkt).
+    _protoc(
+        [
+            f"--plugin=protoc-gen-es={PROTOC_GEN_ES}",
+            f"--es_out={ts_out}",
+            "--es_opt=target=ts,import_extension=js",
+            *files,
+            *BUF_DEPENDENCY_PROTOS,
+            *EXTRA_DESCRIPTOR_PROTOS,
+        ]
+    )
+    # ES modules, as the `.js` import extensions above expect.
+    (ts_out / "package.json").write_text('{"private": true, "type": "module"}\n')
 
 
 def stale_files(out_dir: Path = GEN_DIR) -> list[str]:
@@ -140,10 +169,13 @@ def stage_buf_dependencies(target: Path) -> None:
 
 def regenerate() -> None:
     """Replaces `gen/` with freshly generated files."""
-    with tempfile.TemporaryDirectory() as tmp:
+    # Generated beside gen/ and swapped in by renames, so that gen/ is
+    # complete at every moment (a server starting meanwhile imports it).
+    with tempfile.TemporaryDirectory(dir=GEN_DIR.parent, prefix=".gen-") as tmp:
         fresh = Path(tmp) / "gen"
         generate(fresh)
+        old = Path(tmp) / "old"
         if GEN_DIR.exists():
-            shutil.rmtree(GEN_DIR)
-        shutil.copytree(fresh, GEN_DIR)
+            GEN_DIR.rename(old)
+        fresh.rename(GEN_DIR)
     os.utime(GEN_DIR)

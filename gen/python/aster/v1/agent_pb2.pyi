@@ -109,6 +109,7 @@ class Agent(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    MEMORY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The agent's id, assigned by the server (or proposed on Create with
     `agent_id`). Lower-case letters, digits, `-` and `_`, at most 63
@@ -151,6 +152,10 @@ class Agent(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the agent was last changed. Output only."""
 
+    @_builtins.property
+    def memory(self) -> Global___AgentMemoryConfig:
+        """How the agent uses semantic memory (see MemoryService)."""
+
     def __init__(
         self,
         *,
@@ -166,14 +171,52 @@ class Agent(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        memory: Global___AgentMemoryConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "metadata", b"metadata", "model", b"model", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "memory", b"memory", "metadata", b"metadata", "model", b"model", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "display_name", b"display_name", "etag", b"etag", "id", b"id", "instructions", b"instructions", "labels", b"labels", "metadata", b"metadata", "model", b"model", "state", b"state", "tools", b"tools", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "display_name", b"display_name", "etag", b"etag", "id", b"id", "instructions", b"instructions", "labels", b"labels", "memory", b"memory", "metadata", b"metadata", "model", b"model", "state", b"state", "tools", b"tools", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Agent: _TypeAlias = Agent  # noqa: Y015
+
+@_typing.final
+class AgentMemoryConfig(_message.Message):
+    """How an agent uses semantic memory."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUTO_RECALL_FIELD_NUMBER: _builtins.int
+    RECALL_TOP_K_FIELD_NUMBER: _builtins.int
+    RECALL_MIN_SCORE_FIELD_NUMBER: _builtins.int
+    auto_recall: _builtins.bool
+    """Before each model call, search the agent's semantic memories (its own
+    scope) for the run's input and put the closest ones in the context as a
+    system message.
+    """
+    recall_top_k: _builtins.int
+    """How many memories auto-recall adds: 1 to 20; 0 means 5."""
+    recall_min_score: _builtins.float
+    """Memories scoring below this are left out; unset keeps every one of the
+    top `recall_top_k`.
+    """
+    def __init__(
+        self,
+        *,
+        auto_recall: _builtins.bool = ...,
+        recall_top_k: _builtins.int = ...,
+        recall_min_score: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_recall_min_score", b"_recall_min_score", "recall_min_score", b"recall_min_score"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_recall_min_score", b"_recall_min_score", "auto_recall", b"auto_recall", "recall_min_score", b"recall_min_score", "recall_top_k", b"recall_top_k"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__recall_min_score: _TypeAlias = _typing.Literal["recall_min_score"]  # noqa: Y015
+    _WhichOneofArgType__recall_min_score: _TypeAlias = _typing.Literal["_recall_min_score", b"_recall_min_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__recall_min_score) -> _WhichOneofReturnType__recall_min_score | None: ...
+
+Global___AgentMemoryConfig: _TypeAlias = AgentMemoryConfig  # noqa: Y015
 
 @_typing.final
 class ModelConfig(_message.Message):

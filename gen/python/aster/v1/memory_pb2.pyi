@@ -38,16 +38,20 @@ class WorkingMemoryEntry(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    WRITER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The entry's id, assigned by the server."""
     key: _builtins.str
-    """The key, unique within the scope. Required, not empty; it cannot be
-    changed afterwards.
+    """The key, unique within the scope. Required: 1 to 256 ASCII letters,
+    digits and `_ - . : / @ # + =`, so that prefixes such as `user:` or
+    `task/` group keys. It cannot be changed afterwards.
     """
     ttl_seconds: _builtins.int
-    """How long the entry lives after it is set or updated, in seconds. 0 (the
-    default) keeps it until it is deleted. Negative values give
-    INVALID_ARGUMENT.
+    """How long the entry lives after it is set or updated, in seconds: each
+    write restarts the countdown. 0 (the default) keeps it until it is
+    deleted. Negative values give INVALID_ARGUMENT. An expired entry is
+    invisible at once (Get gives NOT_FOUND, List skips it); the server
+    purges it later.
     """
     agent_id: _builtins.str
     """The scope's agent; empty if the scope has none. Cannot be changed."""
@@ -56,13 +60,16 @@ class WorkingMemoryEntry(_message.Message):
     room_id: _builtins.str
     """The scope's room; empty if the scope has none. Cannot be changed."""
     etag: _builtins.str
-    """A checksum of the entry's current value. Send it back on Update or
+    """Changes whenever the entry changes. Send it back on Set, Update or
     Delete to make the call fail with ABORTED if someone changed the entry
     in the meantime. Output only, except as that precondition.
     """
     @_builtins.property
     def value(self) -> _struct_pb2.Value:
-        """The value: any JSON value. Required."""
+        """The value: any JSON value, `null` included. Required; at most
+        ASTER_WORKING_MEMORY_MAX_VALUE_BYTES (64 KiB by default) as compact
+        JSON, else INVALID_ARGUMENT.
+        """
 
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
@@ -75,6 +82,10 @@ class WorkingMemoryEntry(_message.Message):
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the entry was last changed. Output only."""
+
+    @_builtins.property
+    def writer(self) -> Global___WorkingMemoryWriter:
+        """Who wrote the entry last. Output only."""
 
     def __init__(
         self,
@@ -90,14 +101,57 @@ class WorkingMemoryEntry(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        writer: Global___WorkingMemoryWriter | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "update_time", b"update_time", "value", b"value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "update_time", b"update_time", "value", b"value", "writer", b"writer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "create_time", b"create_time", "etag", b"etag", "expire_time", b"expire_time", "id", b"id", "key", b"key", "room_id", b"room_id", "session_id", b"session_id", "ttl_seconds", b"ttl_seconds", "update_time", b"update_time", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "create_time", b"create_time", "etag", b"etag", "expire_time", b"expire_time", "id", b"id", "key", b"key", "room_id", b"room_id", "session_id", b"session_id", "ttl_seconds", b"ttl_seconds", "update_time", b"update_time", "value", b"value", "writer", b"writer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkingMemoryEntry: _TypeAlias = WorkingMemoryEntry  # noqa: Y015
+
+@_typing.final
+class WorkingMemoryWriter(_message.Message):
+    """Who wrote a working-memory entry: an agent's tool call during a run, or a
+    caller of the API.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    """The agent whose tool call wrote the entry; empty for an API call."""
+    session_id: _builtins.str
+    """The session of that run; empty for an API call."""
+    run_id: _builtins.str
+    """The run whose tool call wrote the entry; empty for an API call."""
+    tool_call_id: _builtins.str
+    """The model's id of that tool call; empty for an API call."""
+    principal: _builtins.str
+    """The authenticated caller of the API: an API key's id or a JWT's
+    subject; empty for a tool call, or when authentication is off.
+    """
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        tool_call_id: _builtins.str = ...,
+        principal: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "principal", b"principal", "run_id", b"run_id", "session_id", b"session_id", "tool_call_id", b"tool_call_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkingMemoryWriter: _TypeAlias = WorkingMemoryWriter  # noqa: Y015
 
 @_typing.final
 class Memory(_message.Message):
@@ -192,6 +246,7 @@ class MemorySource(_message.Message):
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     WORKING_MEMORY_ENTRY_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run that produced the memory."""
     message_id: _builtins.str
@@ -202,6 +257,10 @@ class MemorySource(_message.Message):
     """The working-memory entry the memory was promoted from by
     ConsolidateMemory. Output only.
     """
+    session_id: _builtins.str
+    """The session of that run (for a memory stored by the `remember` tool it
+    is set even when the memory's scope is the agent alone).
+    """
     def __init__(
         self,
         *,
@@ -209,10 +268,11 @@ class MemorySource(_message.Message):
         message_id: _builtins.str = ...,
         tool_call_id: _builtins.str = ...,
         working_memory_entry_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "run_id", b"run_id", "tool_call_id", b"tool_call_id", "working_memory_entry_id", b"working_memory_entry_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "run_id", b"run_id", "session_id", b"session_id", "tool_call_id", b"tool_call_id", "working_memory_entry_id", b"working_memory_entry_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -319,21 +379,28 @@ class SetWorkingMemoryRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ENTRY_FIELD_NUMBER: _builtins.int
+    IF_ABSENT_FIELD_NUMBER: _builtins.int
+    if_absent: _builtins.bool
+    """Store only if the scope does not have the key yet (or it expired);
+    otherwise ALREADY_EXISTS. Cannot be combined with `entry.etag`.
+    """
     @_builtins.property
     def entry(self) -> Global___WorkingMemoryEntry:
-        """The entry to store: `key`, `value`, optional `ttl_seconds` and the
-        scope ids. `id`, `expire_time`, `create_time`, `update_time` and `etag`
-        are ignored.
+        """The entry to store: `key`, `value`, optional `ttl_seconds`, the scope
+        ids and, for a compare-and-set, the `etag` of the entry it replaces.
+        `id`, `expire_time`, `create_time`, `update_time` and `writer` are
+        ignored.
         """
 
     def __init__(
         self,
         *,
         entry: Global___WorkingMemoryEntry | None = ...,
+        if_absent: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "if_absent", b"if_absent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -453,7 +520,8 @@ class UpdateWorkingMemoryEntryRequest(_message.Message):
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """The fields to change: `value`, `ttl_seconds` or both. `*` means both.
         Empty means every field set in `entry` that differs from its default.
-        Any other field gives INVALID_ARGUMENT.
+        Any other field gives INVALID_ARGUMENT. Every update restarts the
+        entry's TTL countdown.
         """
 
     def __init__(

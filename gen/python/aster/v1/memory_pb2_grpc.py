@@ -105,9 +105,13 @@ class MemoryServiceServicer:
     """
 
     def SetWorkingMemory(self, request, context):
-        """Stores `value` under `key` in the entry's scope. If the scope already
-        has the key, that entry's value and expiry are replaced and it keeps
-        its id.
+        """Stores `value` under `key` in the entry's scope: an upsert. If the
+        scope already has the key, that entry's value, `ttl_seconds` and expiry
+        are replaced and it keeps its id and `create_time`; an expired entry
+        counts as absent. A non-empty `entry.etag` makes it a compare-and-set:
+        the key must exist with that etag, else ABORTED. `if_absent` makes it
+        set-if-absent: an existing key gives ALREADY_EXISTS. The scope's agent,
+        session and room must exist in the caller's tenant (NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -115,6 +119,7 @@ class MemoryServiceServicer:
 
     def ListWorkingMemoryEntries(self, request, context):
         """Lists the unexpired entries of one scope, by key, one page at a time.
+        The scope's agent and session must exist (NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,7 +149,9 @@ class MemoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ClearWorkingMemory(self, request, context):
-        """Deletes every working-memory entry of one scope.
+        """Deletes every working-memory entry of one scope, expired ones included,
+        and says how many unexpired ones it deleted. Other scopes, even those
+        sharing an id (an agent's entries versus its sessions'), are untouched.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,12 +42,18 @@ class MemoryServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> MemoryServiceAsyncStub: ...
     SetWorkingMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.SetWorkingMemoryRequest, _memory_pb2.WorkingMemoryEntry]
-    """Stores `value` under `key` in the entry's scope. If the scope already
-    has the key, that entry's value and expiry are replaced and it keeps
-    its id.
+    """Stores `value` under `key` in the entry's scope: an upsert. If the
+    scope already has the key, that entry's value, `ttl_seconds` and expiry
+    are replaced and it keeps its id and `create_time`; an expired entry
+    counts as absent. A non-empty `entry.etag` makes it a compare-and-set:
+    the key must exist with that etag, else ABORTED. `if_absent` makes it
+    set-if-absent: an existing key gives ALREADY_EXISTS. The scope's agent,
+    session and room must exist in the caller's tenant (NOT_FOUND).
     """
     ListWorkingMemoryEntries: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListWorkingMemoryEntriesRequest, _memory_pb2.ListWorkingMemoryEntriesResponse]
-    """Lists the unexpired entries of one scope, by key, one page at a time."""
+    """Lists the unexpired entries of one scope, by key, one page at a time.
+    The scope's agent and session must exist (NOT_FOUND).
+    """
     GetWorkingMemoryEntry: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetWorkingMemoryEntryRequest, _memory_pb2.WorkingMemoryEntry]
     """Returns one working-memory entry. An expired entry gives NOT_FOUND."""
     UpdateWorkingMemoryEntry: _grpc.UnaryUnaryMultiCallable[_memory_pb2.UpdateWorkingMemoryEntryRequest, _memory_pb2.WorkingMemoryEntry]
@@ -59,7 +65,10 @@ class MemoryServiceStub:
     gives ABORTED.
     """
     ClearWorkingMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ClearWorkingMemoryRequest, _memory_pb2.ClearWorkingMemoryResponse]
-    """Deletes every working-memory entry of one scope."""
+    """Deletes every working-memory entry of one scope, expired ones included,
+    and says how many unexpired ones it deleted. Other scopes, even those
+    sharing an id (an agent's entries versus its sessions'), are untouched.
+    """
     AddMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.AddMemoryRequest, _memory_pb2.Memory]
     """Embeds a text and stores it as a semantic memory. The server assigns
     `id` unless `memory_id` proposes one.
@@ -92,12 +101,18 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SetWorkingMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.SetWorkingMemoryRequest, _memory_pb2.WorkingMemoryEntry]  # type: ignore[assignment]
-    """Stores `value` under `key` in the entry's scope. If the scope already
-    has the key, that entry's value and expiry are replaced and it keeps
-    its id.
+    """Stores `value` under `key` in the entry's scope: an upsert. If the
+    scope already has the key, that entry's value, `ttl_seconds` and expiry
+    are replaced and it keeps its id and `create_time`; an expired entry
+    counts as absent. A non-empty `entry.etag` makes it a compare-and-set:
+    the key must exist with that etag, else ABORTED. `if_absent` makes it
+    set-if-absent: an existing key gives ALREADY_EXISTS. The scope's agent,
+    session and room must exist in the caller's tenant (NOT_FOUND).
     """
     ListWorkingMemoryEntries: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListWorkingMemoryEntriesRequest, _memory_pb2.ListWorkingMemoryEntriesResponse]  # type: ignore[assignment]
-    """Lists the unexpired entries of one scope, by key, one page at a time."""
+    """Lists the unexpired entries of one scope, by key, one page at a time.
+    The scope's agent and session must exist (NOT_FOUND).
+    """
     GetWorkingMemoryEntry: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetWorkingMemoryEntryRequest, _memory_pb2.WorkingMemoryEntry]  # type: ignore[assignment]
     """Returns one working-memory entry. An expired entry gives NOT_FOUND."""
     UpdateWorkingMemoryEntry: _aio.UnaryUnaryMultiCallable[_memory_pb2.UpdateWorkingMemoryEntryRequest, _memory_pb2.WorkingMemoryEntry]  # type: ignore[assignment]
@@ -109,7 +124,10 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     gives ABORTED.
     """
     ClearWorkingMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.ClearWorkingMemoryRequest, _memory_pb2.ClearWorkingMemoryResponse]  # type: ignore[assignment]
-    """Deletes every working-memory entry of one scope."""
+    """Deletes every working-memory entry of one scope, expired ones included,
+    and says how many unexpired ones it deleted. Other scopes, even those
+    sharing an id (an agent's entries versus its sessions'), are untouched.
+    """
     AddMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.AddMemoryRequest, _memory_pb2.Memory]  # type: ignore[assignment]
     """Embeds a text and stores it as a semantic memory. The server assigns
     `id` unless `memory_id` proposes one.
@@ -145,9 +163,13 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _memory_pb2.SetWorkingMemoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.WorkingMemoryEntry, _abc.Awaitable[_memory_pb2.WorkingMemoryEntry]]:
-        """Stores `value` under `key` in the entry's scope. If the scope already
-        has the key, that entry's value and expiry are replaced and it keeps
-        its id.
+        """Stores `value` under `key` in the entry's scope: an upsert. If the
+        scope already has the key, that entry's value, `ttl_seconds` and expiry
+        are replaced and it keeps its id and `create_time`; an expired entry
+        counts as absent. A non-empty `entry.etag` makes it a compare-and-set:
+        the key must exist with that etag, else ABORTED. `if_absent` makes it
+        set-if-absent: an existing key gives ALREADY_EXISTS. The scope's agent,
+        session and room must exist in the caller's tenant (NOT_FOUND).
         """
 
     @_abc_1.abstractmethod
@@ -156,7 +178,9 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _memory_pb2.ListWorkingMemoryEntriesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.ListWorkingMemoryEntriesResponse, _abc.Awaitable[_memory_pb2.ListWorkingMemoryEntriesResponse]]:
-        """Lists the unexpired entries of one scope, by key, one page at a time."""
+        """Lists the unexpired entries of one scope, by key, one page at a time.
+        The scope's agent and session must exist (NOT_FOUND).
+        """
 
     @_abc_1.abstractmethod
     def GetWorkingMemoryEntry(
@@ -192,7 +216,10 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _memory_pb2.ClearWorkingMemoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.ClearWorkingMemoryResponse, _abc.Awaitable[_memory_pb2.ClearWorkingMemoryResponse]]:
-        """Deletes every working-memory entry of one scope."""
+        """Deletes every working-memory entry of one scope, expired ones included,
+        and says how many unexpired ones it deleted. Other scopes, even those
+        sharing an id (an agent's entries versus its sessions'), are untouched.
+        """
 
     @_abc_1.abstractmethod
     def AddMemory(

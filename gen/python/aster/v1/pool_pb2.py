@@ -30,7 +30,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61ster/v1/pool.proto\x12\x08\x61ster.v1\x1a\x14\x61ster/v1/agent.proto\x1a\x16\x61ster/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x01\n\tPoolAgent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x18.aster.v1.PoolAgentStateB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x61\x63tive_runs\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x37\n\rlast_use_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xb3\x01\n\tPoolStats\x12\x10\n\x08\x63\x61pacity\x18\x01 \x01(\x05\x12\x0c\n\x04live\x18\x02 \x01(\x05\x12\x12\n\nhibernated\x18\x03 \x01(\x05\x12\x0c\n\x04hits\x18\x04 \x01(\x03\x12\x13\n\x0b\x63old_starts\x18\x05 \x01(\x03\x12\x11\n\tevictions\x18\x06 \x01(\x03\x12\x1d\n\x15resume_latency_p50_ms\x18\x07 \x01(\x01\x12\x1d\n\x15resume_latency_p99_ms\x18\x08 \x01(\x01\"Z\n\x18\x43reatePooledAgentRequest\x12\x12\n\x08\x61gent_id\x18\x01 \x01(\tH\x00\x12 \n\x05\x61gent\x18\x02 \x01(\x0b\x32\x0f.aster.v1.AgentH\x00\x42\x08\n\x06source\"N\n\x15ListPoolAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"V\n\x16ListPoolAgentsResponse\x12#\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x13.aster.v1.PoolAgent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"-\n\x13GetPoolAgentRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"0\n\x16ResumePoolAgentRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"0\n\x16RemovePoolAgentRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x15\n\x13GetPoolStatsRequest*\xab\x01\n\x0ePoolAgentState\x12 \n\x1cPOOL_AGENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18POOL_AGENT_STATE_WARMING\x10\x01\x12\x19\n\x15POOL_AGENT_STATE_LIVE\x10\x02\x12\x1f\n\x1bPOOL_AGENT_STATE_HIBERNATED\x10\x03\x12\x1d\n\x19POOL_AGENT_STATE_DRAINING\x10\x04\x32\xf7\x05\n\x0bPoolService\x12y\n\x11\x43reatePooledAgent\x12\".aster.v1.CreatePooledAgentRequest\x1a\x13.aster.v1.PoolAgent\"+\x8a\xb5\x18\r\n\x0bpools.write\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/pool/agents:\x01*\x12|\n\x0eListPoolAgents\x12\x1f.aster.v1.ListPoolAgentsRequest\x1a .aster.v1.ListPoolAgentsResponse\"\'\x8a\xb5\x18\x0c\n\npools.read\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/pool/agents\x12v\n\x0cGetPoolAgent\x12\x1d.aster.v1.GetPoolAgentRequest\x1a\x13.aster.v1.PoolAgent\"2\x8a\xb5\x18\x0c\n\npools.read\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/pool/agents/{agent_id}\x12\x87\x01\n\x0fResumePoolAgent\x12 .aster.v1.ResumePoolAgentRequest\x1a\x13.aster.v1.PoolAgent\"=\x8a\xb5\x18\r\n\x0bpools.write\x82\xd3\xe4\x93\x02&\"!/v1/pool/agents/{agent_id}/resume:\x01*\x12\x80\x01\n\x0fRemovePoolAgent\x12 .aster.v1.RemovePoolAgentRequest\x1a\x16.google.protobuf.Empty\"3\x8a\xb5\x18\r\n\x0bpools.write\x82\xd3\xe4\x93\x02\x1c*\x1a/v1/pool/agents/{agent_id}\x12j\n\x0cGetPoolStats\x12\x1d.aster.v1.GetPoolStatsRequest\x1a\x13.aster.v1.PoolStats\"&\x8a\xb5\x18\x0c\n\npools.read\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/pool/statsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61ster/v1/pool.proto\x12\x08\x61ster.v1\x1a\x14\x61ster/v1/agent.proto\x1a\x16\x61ster/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x01\n\tPoolAgent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x18.aster.v1.PoolAgentStateB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x61\x63tive_runs\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x37\n\rlast_use_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xcf\x01\n\tPoolStats\x12\x10\n\x08\x63\x61pacity\x18\x01 \x01(\x05\x12\x0c\n\x04live\x18\x02 \x01(\x05\x12\x12\n\nhibernated\x18\x03 \x01(\x05\x12\x0c\n\x04hits\x18\x04 \x01(\x03\x12\x13\n\x0b\x63old_starts\x18\x05 \x01(\x03\x12\x11\n\tevictions\x18\x06 \x01(\x03\x12\x1d\n\x15resume_latency_p50_ms\x18\x07 \x01(\x01\x12\x1d\n\x15resume_latency_p99_ms\x18\x08 \x01(\x01\x12\x1a\n\x12\x61\x64mission_timeouts\x18\t \x01(\x03\"Z\n\x18\x43reatePooledAgentRequest\x12\x12\n\x08\x61gent_id\x18\x01 \x01(\tH\x00\x12 \n\x05\x61gent\x18\x02 \x01(\x0b\x32\x0f.aster.v1.AgentH\x00\x42\x08\n\x06source\"N\n\x15ListPoolAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"V\n\x16ListPoolAgentsResponse\x12#\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x13.aster.v1.PoolAgent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"-\n\x13GetPoolAgentRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"0\n\x16ResumePoolAgentRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"0\n\x16RemovePoolAgentRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x15\n\x13GetPoolStatsRequest*\xab\x01\n\x0ePoolAgentState\x12 \n\x1cPOOL_AGENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18POOL_AGENT_STATE_WARMING\x10\x01\x12\x19\n\x15POOL_AGENT_STATE_LIVE\x10\x02\x12\x1f\n\x1bPOOL_AGENT_STATE_HIBERNATED\x10\x03\x12\x1d\n\x19POOL_AGENT_STATE_DRAINING\x10\x04\x32\xf7\x05\n\x0bPoolService\x12y\n\x11\x43reatePooledAgent\x12\".aster.v1.CreatePooledAgentRequest\x1a\x13.aster.v1.PoolAgent\"+\x8a\xb5\x18\r\n\x0bpools.write\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/pool/agents:\x01*\x12|\n\x0eListPoolAgents\x12\x1f.aster.v1.ListPoolAgentsRequest\x1a .aster.v1.ListPoolAgentsResponse\"\'\x8a\xb5\x18\x0c\n\npools.read\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/pool/agents\x12v\n\x0cGetPoolAgent\x12\x1d.aster.v1.GetPoolAgentRequest\x1a\x13.aster.v1.PoolAgent\"2\x8a\xb5\x18\x0c\n\npools.read\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/pool/agents/{agent_id}\x12\x87\x01\n\x0fResumePoolAgent\x12 .aster.v1.ResumePoolAgentRequest\x1a\x13.aster.v1.PoolAgent\"=\x8a\xb5\x18\r\n\x0bpools.write\x82\xd3\xe4\x93\x02&\"!/v1/pool/agents/{agent_id}/resume:\x01*\x12\x80\x01\n\x0fRemovePoolAgent\x12 .aster.v1.RemovePoolAgentRequest\x1a\x16.google.protobuf.Empty\"3\x8a\xb5\x18\r\n\x0bpools.write\x82\xd3\xe4\x93\x02\x1c*\x1a/v1/pool/agents/{agent_id}\x12j\n\x0cGetPoolStats\x12\x1d.aster.v1.GetPoolStatsRequest\x1a\x13.aster.v1.PoolStats\"&\x8a\xb5\x18\x0c\n\npools.read\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/pool/statsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -63,26 +63,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POOLSERVICE'].methods_by_name['RemovePoolAgent']._serialized_options = b'\212\265\030\r\n\013pools.write\202\323\344\223\002\034*\032/v1/pool/agents/{agent_id}'
   _globals['_POOLSERVICE'].methods_by_name['GetPoolStats']._loaded_options = None
   _globals['_POOLSERVICE'].methods_by_name['GetPoolStats']._serialized_options = b'\212\265\030\014\n\npools.read\202\323\344\223\002\020\022\016/v1/pool/stats'
-  _globals['_POOLAGENTSTATE']._serialized_start=1035
-  _globals['_POOLAGENTSTATE']._serialized_end=1206
+  _globals['_POOLAGENTSTATE']._serialized_start=1063
+  _globals['_POOLAGENTSTATE']._serialized_end=1234
   _globals['_POOLAGENT']._serialized_start=205
   _globals['_POOLAGENT']._serialized_end=420
   _globals['_POOLSTATS']._serialized_start=423
-  _globals['_POOLSTATS']._serialized_end=602
-  _globals['_CREATEPOOLEDAGENTREQUEST']._serialized_start=604
-  _globals['_CREATEPOOLEDAGENTREQUEST']._serialized_end=694
-  _globals['_LISTPOOLAGENTSREQUEST']._serialized_start=696
-  _globals['_LISTPOOLAGENTSREQUEST']._serialized_end=774
-  _globals['_LISTPOOLAGENTSRESPONSE']._serialized_start=776
-  _globals['_LISTPOOLAGENTSRESPONSE']._serialized_end=862
-  _globals['_GETPOOLAGENTREQUEST']._serialized_start=864
-  _globals['_GETPOOLAGENTREQUEST']._serialized_end=909
-  _globals['_RESUMEPOOLAGENTREQUEST']._serialized_start=911
-  _globals['_RESUMEPOOLAGENTREQUEST']._serialized_end=959
-  _globals['_REMOVEPOOLAGENTREQUEST']._serialized_start=961
-  _globals['_REMOVEPOOLAGENTREQUEST']._serialized_end=1009
-  _globals['_GETPOOLSTATSREQUEST']._serialized_start=1011
-  _globals['_GETPOOLSTATSREQUEST']._serialized_end=1032
-  _globals['_POOLSERVICE']._serialized_start=1209
-  _globals['_POOLSERVICE']._serialized_end=1968
+  _globals['_POOLSTATS']._serialized_end=630
+  _globals['_CREATEPOOLEDAGENTREQUEST']._serialized_start=632
+  _globals['_CREATEPOOLEDAGENTREQUEST']._serialized_end=722
+  _globals['_LISTPOOLAGENTSREQUEST']._serialized_start=724
+  _globals['_LISTPOOLAGENTSREQUEST']._serialized_end=802
+  _globals['_LISTPOOLAGENTSRESPONSE']._serialized_start=804
+  _globals['_LISTPOOLAGENTSRESPONSE']._serialized_end=890
+  _globals['_GETPOOLAGENTREQUEST']._serialized_start=892
+  _globals['_GETPOOLAGENTREQUEST']._serialized_end=937
+  _globals['_RESUMEPOOLAGENTREQUEST']._serialized_start=939
+  _globals['_RESUMEPOOLAGENTREQUEST']._serialized_end=987
+  _globals['_REMOVEPOOLAGENTREQUEST']._serialized_start=989
+  _globals['_REMOVEPOOLAGENTREQUEST']._serialized_end=1037
+  _globals['_GETPOOLSTATSREQUEST']._serialized_start=1039
+  _globals['_GETPOOLSTATSREQUEST']._serialized_end=1060
+  _globals['_POOLSERVICE']._serialized_start=1237
+  _globals['_POOLSERVICE']._serialized_end=1996
 # @@protoc_insertion_point(module_scope)

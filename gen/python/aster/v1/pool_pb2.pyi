@@ -101,7 +101,11 @@ Global___PoolAgent: _TypeAlias = PoolAgent  # noqa: Y015
 
 @_typing.final
 class PoolStats(_message.Message):
-    """How the pool is doing, counted since the server started."""
+    """How the pool is doing, for the caller's tenant. `live` and `hibernated`
+    come from the pool membership every replica shares; the capacity, the
+    counters and the latencies are those of the replica that answers, counted
+    since it started.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -113,22 +117,34 @@ class PoolStats(_message.Message):
     EVICTIONS_FIELD_NUMBER: _builtins.int
     RESUME_LATENCY_P50_MS_FIELD_NUMBER: _builtins.int
     RESUME_LATENCY_P99_MS_FIELD_NUMBER: _builtins.int
+    ADMISSION_TIMEOUTS_FIELD_NUMBER: _builtins.int
     capacity: _builtins.int
-    """The most agents the pool keeps live at once."""
+    """The most agents this replica keeps live at once (ASTER_POOL_MAX_AGENTS),
+    shared by every tenant.
+    """
     live: _builtins.int
-    """How many pooled agents are live now."""
+    """How many of the tenant's pooled agents are live now, on any replica."""
     hibernated: _builtins.int
-    """How many pooled agents are hibernated now."""
+    """How many of the tenant's pooled agents are hibernated now."""
     hits: _builtins.int
-    """Runs that found their agent already live."""
+    """Runs that found their pooled agent already live."""
     cold_starts: _builtins.int
-    """Runs that had to warm their agent first."""
+    """Runs that had to warm their pooled agent first."""
     evictions: _builtins.int
-    """Live agents hibernated to make room for others."""
+    """Live agents hibernated to make room for others (least recently used
+    first); agents hibernated for being idle are not counted.
+    """
     resume_latency_p50_ms: _builtins.float
-    """Median time to warm a hibernated agent, in milliseconds."""
+    """Median time to warm a pooled agent (its configuration, provider client
+    and the context of its recent sessions), in milliseconds; 0 before the
+    first warm-up.
+    """
     resume_latency_p99_ms: _builtins.float
-    """99th-percentile time to warm a hibernated agent, in milliseconds."""
+    """99th-percentile time to warm a pooled agent, in milliseconds."""
+    admission_timeouts: _builtins.int
+    """Runs and calls refused with RESOURCE_EXHAUSTED because every live agent
+    stayed busy for ASTER_POOL_ADMISSION_TIMEOUT_S.
+    """
     def __init__(
         self,
         *,
@@ -140,10 +156,11 @@ class PoolStats(_message.Message):
         evictions: _builtins.int = ...,
         resume_latency_p50_ms: _builtins.float = ...,
         resume_latency_p99_ms: _builtins.float = ...,
+        admission_timeouts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "cold_starts", b"cold_starts", "evictions", b"evictions", "hibernated", b"hibernated", "hits", b"hits", "live", b"live", "resume_latency_p50_ms", b"resume_latency_p50_ms", "resume_latency_p99_ms", b"resume_latency_p99_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admission_timeouts", b"admission_timeouts", "capacity", b"capacity", "cold_starts", b"cold_starts", "evictions", b"evictions", "hibernated", b"hibernated", "hits", b"hits", "live", b"live", "resume_latency_p50_ms", b"resume_latency_p50_ms", "resume_latency_p99_ms", b"resume_latency_p99_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

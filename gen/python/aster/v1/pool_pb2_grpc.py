@@ -28,7 +28,12 @@ if _version_not_supported:
 
 class PoolServiceStub:
     """PoolService manages the pool of warm agents: which agents are kept loaded
-    (live), which are hibernated, and how well the pool performs.
+    (live), which are hibernated, and how well the pool performs. Runs of a
+    pooled agent go through the pool: a live agent serves them at once (a
+    hit); a hibernated one is warmed first (a cold start), evicting the least
+    recently used idle agent when the pool is full, or waiting up to
+    ASTER_POOL_ADMISSION_TIMEOUT_S for one to become idle before the run fails
+    with RESOURCE_EXHAUSTED. Agents outside the pool run as before.
     """
 
     def __init__(self, channel):
@@ -71,13 +76,20 @@ class PoolServiceStub:
 
 class PoolServiceServicer:
     """PoolService manages the pool of warm agents: which agents are kept loaded
-    (live), which are hibernated, and how well the pool performs.
+    (live), which are hibernated, and how well the pool performs. Runs of a
+    pooled agent go through the pool: a live agent serves them at once (a
+    hit); a hibernated one is warmed first (a cold start), evicting the least
+    recently used idle agent when the pool is full, or waiting up to
+    ASTER_POOL_ADMISSION_TIMEOUT_S for one to become idle before the run fails
+    with RESOURCE_EXHAUSTED. Agents outside the pool run as before.
     """
 
     def CreatePooledAgent(self, request, context):
         """Adds an agent to the pool and warms it. Takes an existing agent by
         `agent_id`, or an inline `agent` that is created first, as CreateAgent
-        would.
+        would. All or nothing: if the pool has no room within the admission
+        timeout, the call fails with RESOURCE_EXHAUSTED and the agent is not
+        pooled (an inline agent stays created).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -99,16 +111,18 @@ class PoolServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ResumePoolAgent(self, request, context):
-        """Warms a hibernated pooled agent now instead of on its next message.
-        Resuming a live agent changes nothing.
+        """Warms a hibernated pooled agent now instead of on its next message, on
+        the replica that answers. Resuming a live agent changes nothing; an
+        agent being removed gives FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RemovePoolAgent(self, request, context):
-        """Removes an agent from the pool: lets its active runs finish, then drops
-        it. The agent itself is not deleted.
+        """Removes an agent from the pool: lets its active runs finish (for up to
+        ASTER_POOL_DRAIN_TIMEOUT_S), then drops it. The agent itself is not
+        deleted, and later runs of it run outside the pool.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,7 +179,12 @@ def add_PoolServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class PoolService:
     """PoolService manages the pool of warm agents: which agents are kept loaded
-    (live), which are hibernated, and how well the pool performs.
+    (live), which are hibernated, and how well the pool performs. Runs of a
+    pooled agent go through the pool: a live agent serves them at once (a
+    hit); a hibernated one is warmed first (a cold start), evicting the least
+    recently used idle agent when the pool is full, or waiting up to
+    ASTER_POOL_ADMISSION_TIMEOUT_S for one to become idle before the run fails
+    with RESOURCE_EXHAUSTED. Agents outside the pool run as before.
     """
 
     @staticmethod

@@ -29,7 +29,12 @@ GRPC_VERSION: str
 
 class PoolServiceStub:
     """PoolService manages the pool of warm agents: which agents are kept loaded
-    (live), which are hibernated, and how well the pool performs.
+    (live), which are hibernated, and how well the pool performs. Runs of a
+    pooled agent go through the pool: a live agent serves them at once (a
+    hit); a hibernated one is warmed first (a cold start), evicting the least
+    recently used idle agent when the pool is full, or waiting up to
+    ASTER_POOL_ADMISSION_TIMEOUT_S for one to become idle before the run fails
+    with RESOURCE_EXHAUSTED. Agents outside the pool run as before.
     """
 
     @_typing.overload
@@ -39,7 +44,9 @@ class PoolServiceStub:
     CreatePooledAgent: _grpc.UnaryUnaryMultiCallable[_pool_pb2.CreatePooledAgentRequest, _pool_pb2.PoolAgent]
     """Adds an agent to the pool and warms it. Takes an existing agent by
     `agent_id`, or an inline `agent` that is created first, as CreateAgent
-    would.
+    would. All or nothing: if the pool has no room within the admission
+    timeout, the call fails with RESOURCE_EXHAUSTED and the agent is not
+    pooled (an inline agent stays created).
     """
     ListPoolAgents: _grpc.UnaryUnaryMultiCallable[_pool_pb2.ListPoolAgentsRequest, _pool_pb2.ListPoolAgentsResponse]
     """Lists the agents in the pool, one page at a time."""
@@ -48,12 +55,14 @@ class PoolServiceStub:
     NOT_FOUND.
     """
     ResumePoolAgent: _grpc.UnaryUnaryMultiCallable[_pool_pb2.ResumePoolAgentRequest, _pool_pb2.PoolAgent]
-    """Warms a hibernated pooled agent now instead of on its next message.
-    Resuming a live agent changes nothing.
+    """Warms a hibernated pooled agent now instead of on its next message, on
+    the replica that answers. Resuming a live agent changes nothing; an
+    agent being removed gives FAILED_PRECONDITION.
     """
     RemovePoolAgent: _grpc.UnaryUnaryMultiCallable[_pool_pb2.RemovePoolAgentRequest, _empty_pb2.Empty]
-    """Removes an agent from the pool: lets its active runs finish, then drops
-    it. The agent itself is not deleted.
+    """Removes an agent from the pool: lets its active runs finish (for up to
+    ASTER_POOL_DRAIN_TIMEOUT_S), then drops it. The agent itself is not
+    deleted, and later runs of it run outside the pool.
     """
     GetPoolStats: _grpc.UnaryUnaryMultiCallable[_pool_pb2.GetPoolStatsRequest, _pool_pb2.PoolStats]
     """Reports the pool's capacity, occupancy, hit and eviction counts, and
@@ -63,14 +72,21 @@ class PoolServiceStub:
 @_typing.type_check_only
 class PoolServiceAsyncStub(PoolServiceStub):
     """PoolService manages the pool of warm agents: which agents are kept loaded
-    (live), which are hibernated, and how well the pool performs.
+    (live), which are hibernated, and how well the pool performs. Runs of a
+    pooled agent go through the pool: a live agent serves them at once (a
+    hit); a hibernated one is warmed first (a cold start), evicting the least
+    recently used idle agent when the pool is full, or waiting up to
+    ASTER_POOL_ADMISSION_TIMEOUT_S for one to become idle before the run fails
+    with RESOURCE_EXHAUSTED. Agents outside the pool run as before.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreatePooledAgent: _aio.UnaryUnaryMultiCallable[_pool_pb2.CreatePooledAgentRequest, _pool_pb2.PoolAgent]  # type: ignore[assignment]
     """Adds an agent to the pool and warms it. Takes an existing agent by
     `agent_id`, or an inline `agent` that is created first, as CreateAgent
-    would.
+    would. All or nothing: if the pool has no room within the admission
+    timeout, the call fails with RESOURCE_EXHAUSTED and the agent is not
+    pooled (an inline agent stays created).
     """
     ListPoolAgents: _aio.UnaryUnaryMultiCallable[_pool_pb2.ListPoolAgentsRequest, _pool_pb2.ListPoolAgentsResponse]  # type: ignore[assignment]
     """Lists the agents in the pool, one page at a time."""
@@ -79,12 +95,14 @@ class PoolServiceAsyncStub(PoolServiceStub):
     NOT_FOUND.
     """
     ResumePoolAgent: _aio.UnaryUnaryMultiCallable[_pool_pb2.ResumePoolAgentRequest, _pool_pb2.PoolAgent]  # type: ignore[assignment]
-    """Warms a hibernated pooled agent now instead of on its next message.
-    Resuming a live agent changes nothing.
+    """Warms a hibernated pooled agent now instead of on its next message, on
+    the replica that answers. Resuming a live agent changes nothing; an
+    agent being removed gives FAILED_PRECONDITION.
     """
     RemovePoolAgent: _aio.UnaryUnaryMultiCallable[_pool_pb2.RemovePoolAgentRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Removes an agent from the pool: lets its active runs finish, then drops
-    it. The agent itself is not deleted.
+    """Removes an agent from the pool: lets its active runs finish (for up to
+    ASTER_POOL_DRAIN_TIMEOUT_S), then drops it. The agent itself is not
+    deleted, and later runs of it run outside the pool.
     """
     GetPoolStats: _aio.UnaryUnaryMultiCallable[_pool_pb2.GetPoolStatsRequest, _pool_pb2.PoolStats]  # type: ignore[assignment]
     """Reports the pool's capacity, occupancy, hit and eviction counts, and
@@ -93,7 +111,12 @@ class PoolServiceAsyncStub(PoolServiceStub):
 
 class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
     """PoolService manages the pool of warm agents: which agents are kept loaded
-    (live), which are hibernated, and how well the pool performs.
+    (live), which are hibernated, and how well the pool performs. Runs of a
+    pooled agent go through the pool: a live agent serves them at once (a
+    hit); a hibernated one is warmed first (a cold start), evicting the least
+    recently used idle agent when the pool is full, or waiting up to
+    ASTER_POOL_ADMISSION_TIMEOUT_S for one to become idle before the run fails
+    with RESOURCE_EXHAUSTED. Agents outside the pool run as before.
     """
 
     @_abc_1.abstractmethod
@@ -104,7 +127,9 @@ class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_pool_pb2.PoolAgent, _abc.Awaitable[_pool_pb2.PoolAgent]]:
         """Adds an agent to the pool and warms it. Takes an existing agent by
         `agent_id`, or an inline `agent` that is created first, as CreateAgent
-        would.
+        would. All or nothing: if the pool has no room within the admission
+        timeout, the call fails with RESOURCE_EXHAUSTED and the agent is not
+        pooled (an inline agent stays created).
         """
 
     @_abc_1.abstractmethod
@@ -131,8 +156,9 @@ class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _pool_pb2.ResumePoolAgentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_pool_pb2.PoolAgent, _abc.Awaitable[_pool_pb2.PoolAgent]]:
-        """Warms a hibernated pooled agent now instead of on its next message.
-        Resuming a live agent changes nothing.
+        """Warms a hibernated pooled agent now instead of on its next message, on
+        the replica that answers. Resuming a live agent changes nothing; an
+        agent being removed gives FAILED_PRECONDITION.
         """
 
     @_abc_1.abstractmethod
@@ -141,8 +167,9 @@ class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _pool_pb2.RemovePoolAgentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Removes an agent from the pool: lets its active runs finish, then drops
-        it. The agent itself is not deleted.
+        """Removes an agent from the pool: lets its active runs finish (for up to
+        ASTER_POOL_DRAIN_TIMEOUT_S), then drops it. The agent itself is not
+        deleted, and later runs of it run outside the pool.
         """
 
     @_abc_1.abstractmethod

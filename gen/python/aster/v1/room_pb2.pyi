@@ -10,7 +10,6 @@ from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
-from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -21,66 +20,6 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
-
-class _RoomRole:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _RoomRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RoomRole.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    ROOM_ROLE_UNSPECIFIED: _RoomRole.ValueType  # 0
-    """Not set: the same as ROOM_ROLE_WORKER."""
-    ROOM_ROLE_LEADER: _RoomRole.ValueType  # 1
-    """Directs the others; picks who speaks next under ROOM_STRATEGY_LEADER."""
-    ROOM_ROLE_WORKER: _RoomRole.ValueType  # 2
-    """Takes turns in the room's collaborations."""
-    ROOM_ROLE_OBSERVER: _RoomRole.ValueType  # 3
-    """Reads the room but takes no turns."""
-
-class RoomRole(_RoomRole, metaclass=_RoomRoleEnumTypeWrapper):
-    """What a member does in a room."""
-
-ROOM_ROLE_UNSPECIFIED: RoomRole.ValueType  # 0
-"""Not set: the same as ROOM_ROLE_WORKER."""
-ROOM_ROLE_LEADER: RoomRole.ValueType  # 1
-"""Directs the others; picks who speaks next under ROOM_STRATEGY_LEADER."""
-ROOM_ROLE_WORKER: RoomRole.ValueType  # 2
-"""Takes turns in the room's collaborations."""
-ROOM_ROLE_OBSERVER: RoomRole.ValueType  # 3
-"""Reads the room but takes no turns."""
-Global___RoomRole: _TypeAlias = RoomRole  # noqa: Y015
-
-class _RoomStrategy:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _RoomStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RoomStrategy.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    ROOM_STRATEGY_UNSPECIFIED: _RoomStrategy.ValueType  # 0
-    """Not set: the same as ROOM_STRATEGY_ROUND_ROBIN."""
-    ROOM_STRATEGY_ROUND_ROBIN: _RoomStrategy.ValueType  # 1
-    """The agents take turns in member order."""
-    ROOM_STRATEGY_LEADER: _RoomStrategy.ValueType  # 2
-    """The room's leader picks who speaks next. A room without a leader gives
-    FAILED_PRECONDITION.
-    """
-    ROOM_STRATEGY_MENTION: _RoomStrategy.ValueType  # 3
-    """The agents mentioned in the last message speak next."""
-
-class RoomStrategy(_RoomStrategy, metaclass=_RoomStrategyEnumTypeWrapper):
-    """How the next speaker of a collaboration is chosen."""
-
-ROOM_STRATEGY_UNSPECIFIED: RoomStrategy.ValueType  # 0
-"""Not set: the same as ROOM_STRATEGY_ROUND_ROBIN."""
-ROOM_STRATEGY_ROUND_ROBIN: RoomStrategy.ValueType  # 1
-"""The agents take turns in member order."""
-ROOM_STRATEGY_LEADER: RoomStrategy.ValueType  # 2
-"""The room's leader picks who speaks next. A room without a leader gives
-FAILED_PRECONDITION.
-"""
-ROOM_STRATEGY_MENTION: RoomStrategy.ValueType  # 3
-"""The agents mentioned in the last message speak next."""
-Global___RoomStrategy: _TypeAlias = RoomStrategy  # noqa: Y015
 
 @_typing.final
 class Room(_message.Message):
@@ -125,8 +64,11 @@ class Room(_message.Message):
     display_name: _builtins.str
     """A human-readable name. Required, at most 200 characters."""
     double_text_policy: _run_pb2.MultitaskStrategy.ValueType
-    """What a new message does while an agent of the room is still replying.
-    Defaults to MULTITASK_STRATEGY_REJECT.
+    """What a Say does while a collaboration (RunRoom) of the room is running:
+    MULTITASK_STRATEGY_REJECT refuses it with FAILED_PRECONDITION,
+    MULTITASK_STRATEGY_ENQUEUE posts it and the agents see it from their
+    next turn on, MULTITASK_STRATEGY_INTERRUPT cancels the collaboration and
+    then posts it. Defaults to MULTITASK_STRATEGY_REJECT.
     """
     etag: _builtins.str
     """A checksum of the room's current version. Send it back on Delete to
@@ -192,8 +134,13 @@ class RoomMember(_message.Message):
     """An agent, by its id."""
     participant_id: _builtins.str
     """A human, by an id the caller chooses."""
-    role: Global___RoomRole.ValueType
-    """The member's role. Defaults to ROOM_ROLE_WORKER."""
+    role: _builtins.str
+    """What the member does in the room, one of (ignoring case):
+    `leader`: directs the others; speaks first and delegates under the
+    `leader` strategy. `worker`: takes turns in the room's collaborations.
+    `observer`: reads the room but takes no turns. Empty means `worker`;
+    any other value gives INVALID_ARGUMENT. Always returned in lower case.
+    """
     @_builtins.property
     def join_time(self) -> _timestamp_pb2.Timestamp:
         """When the member joined the room. Output only."""
@@ -203,7 +150,7 @@ class RoomMember(_message.Message):
         *,
         agent_id: _builtins.str = ...,
         participant_id: _builtins.str = ...,
-        role: Global___RoomRole.ValueType = ...,
+        role: _builtins.str = ...,
         join_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "identity", b"identity", "join_time", b"join_time", "participant_id", b"participant_id"]  # noqa: Y015
@@ -413,22 +360,28 @@ class RoomTurnChange(_message.Message):
     ROOM_RUN_ID_FIELD_NUMBER: _builtins.int
     TURN_FIELD_NUMBER: _builtins.int
     AGENT_ID_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
     room_run_id: _builtins.str
     """The collaboration."""
     turn: _builtins.int
     """Which turn starts: 1, 2, 3 ..."""
     agent_id: _builtins.str
     """The agent whose turn it is."""
+    task: _builtins.str
+    """What the agent was asked to do: the task of a leader's `delegate` call
+    under the `leader` strategy; empty otherwise.
+    """
     def __init__(
         self,
         *,
         room_run_id: _builtins.str = ...,
         turn: _builtins.int = ...,
         agent_id: _builtins.str = ...,
+        task: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "room_run_id", b"room_run_id", "turn", b"turn"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "room_run_id", b"room_run_id", "task", b"task", "turn", b"turn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -452,14 +405,17 @@ class RoomRun(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The collaboration's id. Output only."""
     room_id: _builtins.str
     """The room. Output only."""
     task: _builtins.str
     """The task, as given to RunRoom. Output only."""
-    strategy: Global___RoomStrategy.ValueType
-    """How speakers are chosen. Output only."""
+    strategy: _builtins.str
+    """How speakers are chosen: `round_robin`, `leader` or `mention` (see
+    RunRoomRequest.strategy). Output only.
+    """
     max_turns: _builtins.int
     """The most turns the collaboration may take. Output only."""
     stop_condition: _builtins.str
@@ -470,6 +426,11 @@ class RoomRun(_message.Message):
     """How many turns have completed. Output only."""
     error: _builtins.str
     """Why the collaboration FAILED or was CANCELLED. Output only."""
+    result: _builtins.str
+    """The collaboration's answer once it COMPLETED: the leader's final
+    message under the `leader` strategy, else the last agent message.
+    Output only.
+    """
     @_builtins.property
     def usage(self) -> _run_pb2.Usage:
         """Tokens used by all the agents' turns so far. Output only."""
@@ -488,7 +449,7 @@ class RoomRun(_message.Message):
         id: _builtins.str = ...,
         room_id: _builtins.str = ...,
         task: _builtins.str = ...,
-        strategy: Global___RoomStrategy.ValueType = ...,
+        strategy: _builtins.str = ...,
         max_turns: _builtins.int = ...,
         stop_condition: _builtins.str = ...,
         status: _run_pb2.RunStatus.ValueType = ...,
@@ -497,10 +458,11 @@ class RoomRun(_message.Message):
         error: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        result: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "id", b"id", "max_turns", b"max_turns", "room_id", b"room_id", "status", b"status", "stop_condition", b"stop_condition", "strategy", b"strategy", "task", b"task", "turns", b"turns", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "id", b"id", "max_turns", b"max_turns", "result", b"result", "room_id", b"room_id", "status", b"status", "stop_condition", b"stop_condition", "strategy", b"strategy", "task", b"task", "turns", b"turns", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -667,15 +629,18 @@ class JoinRoomRequest(_message.Message):
     """An agent, by its id."""
     participant_id: _builtins.str
     """A human, by an id the caller chooses."""
-    role: Global___RoomRole.ValueType
-    """The new member's role. Defaults to ROOM_ROLE_WORKER."""
+    role: _builtins.str
+    """The new member's role: `leader`, `worker` or `observer` (ignoring
+    case; see RoomMember.role). Empty means `worker`; any other value gives
+    INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
         room_id: _builtins.str = ...,
         agent_id: _builtins.str = ...,
         participant_id: _builtins.str = ...,
-        role: Global___RoomRole.ValueType = ...,
+        role: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "identity", b"identity", "participant_id", b"participant_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -896,21 +861,28 @@ class StreamRoomRequest(_message.Message):
 
     ROOM_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    ROOM_RUN_ID_FIELD_NUMBER: _builtins.int
     room_id: _builtins.str
     """The room to follow."""
     after_seq: _builtins.int
     """Only events with a greater `seq` are sent; 0 sends the whole stored
     stream. Negative values give INVALID_ARGUMENT.
     """
+    room_run_id: _builtins.str
+    """If set, the stream ends after the `run_update` event that ends this
+    collaboration (at once if it ended before `after_seq`). Empty: the
+    stream follows the room until the client leaves.
+    """
     def __init__(
         self,
         *,
         room_id: _builtins.str = ...,
         after_seq: _builtins.int = ...,
+        room_run_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "room_id", b"room_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "room_id", b"room_id", "room_run_id", b"room_run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -931,22 +903,36 @@ class RunRoomRequest(_message.Message):
     """The room whose agents collaborate."""
     task: _builtins.str
     """What the agents should do. Required, not blank."""
-    strategy: Global___RoomStrategy.ValueType
-    """How the next speaker is chosen. Defaults to ROOM_STRATEGY_ROUND_ROBIN."""
+    strategy: _builtins.str
+    """How the next speaker is chosen, one of (ignoring case):
+    `round_robin`: the agents take turns in member order.
+    `leader`: the room's leader speaks and hands work to workers with the
+    builtin `delegate(worker, task)` tool; each delegation is a worker's
+    turn, whose answer the leader reads as the tool's result. The leader's
+    first reply without a tool call is the final answer and ends the
+    collaboration. A room without a leader gives FAILED_PRECONDITION.
+    `mention`: agents answer only when @mentioned: every agent mentioned by
+    the task or by a later message (not its own) takes a turn, in order of
+    mention; the collaboration ends when nobody mentioned is left to answer.
+    Empty means `round_robin`; any other value gives INVALID_ARGUMENT.
+    """
     max_turns: _builtins.int
     """The most agent turns before the collaboration stops; 0 uses the
-    server's default. Negative values give INVALID_ARGUMENT.
+    server's default (ASTER_ROOM_MAX_TURNS). Negative values, or more than
+    100, give INVALID_ARGUMENT.
     """
     stop_condition: _builtins.str
-    """An optional condition, checked after every turn, that ends the
-    collaboration early when it holds. Empty: run until `max_turns`.
+    """An optional stop phrase, checked after every turn: the collaboration
+    ends COMPLETED as soon as an agent's message contains it (ignoring
+    case). Empty: the strategy's own end, or `max_turns`. At most 200
+    characters.
     """
     def __init__(
         self,
         *,
         room_id: _builtins.str = ...,
         task: _builtins.str = ...,
-        strategy: Global___RoomStrategy.ValueType = ...,
+        strategy: _builtins.str = ...,
         max_turns: _builtins.int = ...,
         stop_condition: _builtins.str = ...,
     ) -> None: ...
@@ -957,3 +943,55 @@ class RunRoomRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunRoomRequest: _TypeAlias = RunRoomRequest  # noqa: Y015
+
+@_typing.final
+class GetRoomRunRequest(_message.Message):
+    """The request of RoomService.GetRoomRun."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    """The room."""
+    id: _builtins.str
+    """The collaboration's id."""
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "room_id", b"room_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRoomRunRequest: _TypeAlias = GetRoomRunRequest  # noqa: Y015
+
+@_typing.final
+class CancelRoomRunRequest(_message.Message):
+    """The request of RoomService.CancelRoomRun."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    """The room."""
+    id: _builtins.str
+    """The collaboration's id."""
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "room_id", b"room_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRoomRunRequest: _TypeAlias = CancelRoomRunRequest  # noqa: Y015

@@ -92,6 +92,16 @@ class RoomServiceStub:
                 request_serializer=aster_dot_v1_dot_room__pb2.RunRoomRequest.SerializeToString,
                 response_deserializer=aster_dot_v1_dot_room__pb2.RoomRun.FromString,
                 _registered_method=True)
+        self.GetRoomRun = channel.unary_unary(
+                '/aster.v1.RoomService/GetRoomRun',
+                request_serializer=aster_dot_v1_dot_room__pb2.GetRoomRunRequest.SerializeToString,
+                response_deserializer=aster_dot_v1_dot_room__pb2.RoomRun.FromString,
+                _registered_method=True)
+        self.CancelRoomRun = channel.unary_unary(
+                '/aster.v1.RoomService/CancelRoomRun',
+                request_serializer=aster_dot_v1_dot_room__pb2.CancelRoomRunRequest.SerializeToString,
+                response_deserializer=aster_dot_v1_dot_room__pb2.RoomRun.FromString,
+                _registered_method=True)
 
 
 class RoomServiceServicer:
@@ -179,6 +189,21 @@ class RoomServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRoomRun(self, request, context):
+        """Returns one collaboration of a room.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelRoomRun(self, request, context):
+        """Stops a collaboration on whichever replica runs it. A collaboration
+        that already ended is returned unchanged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RoomServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -235,6 +260,16 @@ def add_RoomServiceServicer_to_server(servicer, server):
             'RunRoom': grpc.unary_unary_rpc_method_handler(
                     servicer.RunRoom,
                     request_deserializer=aster_dot_v1_dot_room__pb2.RunRoomRequest.FromString,
+                    response_serializer=aster_dot_v1_dot_room__pb2.RoomRun.SerializeToString,
+            ),
+            'GetRoomRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRoomRun,
+                    request_deserializer=aster_dot_v1_dot_room__pb2.GetRoomRunRequest.FromString,
+                    response_serializer=aster_dot_v1_dot_room__pb2.RoomRun.SerializeToString,
+            ),
+            'CancelRoomRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRoomRun,
+                    request_deserializer=aster_dot_v1_dot_room__pb2.CancelRoomRunRequest.FromString,
                     response_serializer=aster_dot_v1_dot_room__pb2.RoomRun.SerializeToString,
             ),
     }
@@ -536,6 +571,60 @@ class RoomService:
             target,
             '/aster.v1.RoomService/RunRoom',
             aster_dot_v1_dot_room__pb2.RunRoomRequest.SerializeToString,
+            aster_dot_v1_dot_room__pb2.RoomRun.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRoomRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aster.v1.RoomService/GetRoomRun',
+            aster_dot_v1_dot_room__pb2.GetRoomRunRequest.SerializeToString,
+            aster_dot_v1_dot_room__pb2.RoomRun.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRoomRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aster.v1.RoomService/CancelRoomRun',
+            aster_dot_v1_dot_room__pb2.CancelRoomRunRequest.SerializeToString,
             aster_dot_v1_dot_room__pb2.RoomRun.FromString,
             options,
             channel_credentials,

@@ -63,6 +63,12 @@ class RoomServiceStub:
     """Starts a collaboration of the room's agents on a task and returns it at
     once; follow it with StreamRoom.
     """
+    GetRoomRun: _grpc.UnaryUnaryMultiCallable[_room_pb2.GetRoomRunRequest, _room_pb2.RoomRun]
+    """Returns one collaboration of a room."""
+    CancelRoomRun: _grpc.UnaryUnaryMultiCallable[_room_pb2.CancelRoomRunRequest, _room_pb2.RoomRun]
+    """Stops a collaboration on whichever replica runs it. A collaboration
+    that already ended is returned unchanged.
+    """
 
 @_typing.type_check_only
 class RoomServiceAsyncStub(RoomServiceStub):
@@ -97,6 +103,12 @@ class RoomServiceAsyncStub(RoomServiceStub):
     RunRoom: _aio.UnaryUnaryMultiCallable[_room_pb2.RunRoomRequest, _room_pb2.RoomRun]  # type: ignore[assignment]
     """Starts a collaboration of the room's agents on a task and returns it at
     once; follow it with StreamRoom.
+    """
+    GetRoomRun: _aio.UnaryUnaryMultiCallable[_room_pb2.GetRoomRunRequest, _room_pb2.RoomRun]  # type: ignore[assignment]
+    """Returns one collaboration of a room."""
+    CancelRoomRun: _aio.UnaryUnaryMultiCallable[_room_pb2.CancelRoomRunRequest, _room_pb2.RoomRun]  # type: ignore[assignment]
+    """Stops a collaboration on whichever replica runs it. A collaboration
+    that already ended is returned unchanged.
     """
 
 class RoomServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -195,6 +207,24 @@ class RoomServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_room_pb2.RoomRun, _abc.Awaitable[_room_pb2.RoomRun]]:
         """Starts a collaboration of the room's agents on a task and returns it at
         once; follow it with StreamRoom.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRoomRun(
+        self,
+        request: _room_pb2.GetRoomRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_room_pb2.RoomRun, _abc.Awaitable[_room_pb2.RoomRun]]:
+        """Returns one collaboration of a room."""
+
+    @_abc_1.abstractmethod
+    def CancelRoomRun(
+        self,
+        request: _room_pb2.CancelRoomRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_room_pb2.RoomRun, _abc.Awaitable[_room_pb2.RoomRun]]:
+        """Stops a collaboration on whichever replica runs it. A collaboration
+        that already ended is returned unchanged.
         """
 
 def add_RoomServiceServicer_to_server(servicer: RoomServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -109,7 +109,10 @@ class _StepExecutionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_St
     STEP_EXECUTION_STATE_FAILED: _StepExecutionState.ValueType  # 4
     """Finished with an error."""
     STEP_EXECUTION_STATE_CANCELLED: _StepExecutionState.ValueType  # 5
-    """Stopped because the execution was cancelled."""
+    """Stopped before it finished: the execution was cancelled or suspended,
+    a parallel step stopped its branch, or the server running it stopped.
+    An interrupted step runs again as its next attempt.
+    """
 
 class StepExecutionState(_StepExecutionState, metaclass=_StepExecutionStateEnumTypeWrapper):
     """Where one attempt of a step is in its life."""
@@ -125,7 +128,10 @@ STEP_EXECUTION_STATE_COMPLETED: StepExecutionState.ValueType  # 3
 STEP_EXECUTION_STATE_FAILED: StepExecutionState.ValueType  # 4
 """Finished with an error."""
 STEP_EXECUTION_STATE_CANCELLED: StepExecutionState.ValueType  # 5
-"""Stopped because the execution was cancelled."""
+"""Stopped before it finished: the execution was cancelled or suspended,
+a parallel step stopped its branch, or the server running it stopped.
+An interrupted step runs again as its next attempt.
+"""
 Global___StepExecutionState: _TypeAlias = StepExecutionState  # noqa: Y015
 
 @_typing.final
@@ -185,9 +191,13 @@ class Workflow(_message.Message):
     """
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkflowStep]:
-        """The steps. An execution starts at the first one. Step names must be
-        unique, and every step name a step refers to must exist; otherwise
-        INVALID_ARGUMENT.
+        """The steps. An execution runs the chain that starts at the first one
+        (each step hands over to its `next`); parallel, condition and loop steps
+        run the chains their fields name. Step names must be unique, every name
+        a step refers to must exist, each step but the first must be entered
+        from exactly one place, and `next` edges must not make a cycle (repeat
+        with a loop step); otherwise INVALID_ARGUMENT naming the step. See
+        docs/workflows.md.
         """
 
     @_builtins.property
@@ -245,7 +255,6 @@ class WorkflowStep(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     NEXT_FIELD_NUMBER: _builtins.int
-    DEPENDS_ON_FIELD_NUMBER: _builtins.int
     RETRY_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
@@ -256,13 +265,14 @@ class WorkflowStep(_message.Message):
     APPROVAL_FIELD_NUMBER: _builtins.int
     WAIT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """The step's name, unique within the workflow. Required."""
+    """The step's name, unique within the workflow: letters, digits and `_`,
+    starting with a letter or `_`, at most 63 characters (expressions read
+    its output as `steps.<name>.output`). Required.
+    """
     next: _builtins.str
-    """The name of the step to run after this one completes. Empty: none."""
-    @_builtins.property
-    def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Names of the steps that must complete before this one starts."""
-
+    """The name of the step to run after this one completes. Empty: the chain
+    this step is on ends here.
+    """
     @_builtins.property
     def retry(self) -> Global___WorkflowRetryPolicy:
         """How a failed attempt is retried. Unset: the step is tried once."""
@@ -306,7 +316,6 @@ class WorkflowStep(_message.Message):
         *,
         name: _builtins.str = ...,
         next: _builtins.str = ...,
-        depends_on: _abc.Iterable[_builtins.str] | None = ...,
         retry: Global___WorkflowRetryPolicy | None = ...,
         timeout: _duration_pb2.Duration | None = ...,
         agent: Global___WorkflowAgentStep | None = ...,
@@ -319,7 +328,7 @@ class WorkflowStep(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "approval", b"approval", "condition", b"condition", "kind", b"kind", "loop", b"loop", "parallel", b"parallel", "retry", b"retry", "timeout", b"timeout", "tool", b"tool", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "approval", b"approval", "condition", b"condition", "depends_on", b"depends_on", "kind", b"kind", "loop", b"loop", "name", b"name", "next", b"next", "parallel", b"parallel", "retry", b"retry", "timeout", b"timeout", "tool", b"tool", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "approval", b"approval", "condition", b"condition", "kind", b"kind", "loop", b"loop", "name", b"name", "next", b"next", "parallel", b"parallel", "retry", b"retry", "timeout", b"timeout", "tool", b"tool", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["agent", "tool", "parallel", "condition", "loop", "approval", "wait"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
@@ -338,8 +347,9 @@ class WorkflowAgentStep(_message.Message):
     agent_id: _builtins.str
     """The agent to run. Required."""
     input: _builtins.str
-    """The message for the agent: a template filled in from the execution's
-    input and earlier steps' outputs.
+    """The message for the agent: a template whose `{{ expression }}` holes
+    are filled in from the execution's input and earlier steps' outputs,
+    for example `Summarise {{ steps.fetch.output.body }}`.
     """
     def __init__(
         self,
@@ -367,8 +377,10 @@ class WorkflowToolStep(_message.Message):
     """The tool to call. Required."""
     @_builtins.property
     def arguments(self) -> _struct_pb2.Struct:
-        """The call's arguments: a template whose string values are filled in from
-        the execution's input and earlier steps' outputs.
+        """The call's arguments: every string inside is a template whose
+        `{{ expression }}` holes are filled in from the execution's input and
+        earlier steps' outputs; a string that is one hole keeps the value's
+        JSON type.
         """
 
     def __init__(
@@ -397,8 +409,8 @@ class WorkflowParallelStep(_message.Message):
     """When the parallel step completes. Defaults to PARALLEL_JOIN_ALL."""
     @_builtins.property
     def branches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The names of the steps to run, one branch each. Required, at least
-        one.
+        """The first step of each branch; a branch runs that step's chain.
+        Required, at least one.
         """
 
     def __init__(
@@ -426,12 +438,18 @@ class WorkflowConditionStep(_message.Message):
     ELSE_STEP_FIELD_NUMBER: _builtins.int
     expression: _builtins.str
     """A boolean expression over the execution's input and earlier steps'
-    outputs. Required; one that does not parse gives INVALID_ARGUMENT.
+    outputs, for example `steps.classify.output.label == "urgent"`.
+    Required; one that does not parse or names an unknown step gives
+    INVALID_ARGUMENT.
     """
     then_step: _builtins.str
-    """The name of the step to run when the expression is true. Empty: none."""
+    """The first step of the chain to run when the expression is true. Empty:
+    none.
+    """
     else_step: _builtins.str
-    """The name of the step to run when the expression is false. Empty: none."""
+    """The first step of the chain to run when the expression is false.
+    Empty: none.
+    """
     def __init__(
         self,
         *,
@@ -456,24 +474,21 @@ class WorkflowLoopStep(_message.Message):
     BODY_FIELD_NUMBER: _builtins.int
     UNTIL_FIELD_NUMBER: _builtins.int
     MAX_ITERATIONS_FIELD_NUMBER: _builtins.int
+    body: _builtins.str
+    """The first step of the chain to run on each iteration. Required."""
     until: _builtins.str
     """A boolean expression, checked after each iteration, that ends the loop
-    when true. One that does not parse gives INVALID_ARGUMENT.
+    when true. Empty: the loop runs `max_iterations` times. One that does
+    not parse gives INVALID_ARGUMENT.
     """
     max_iterations: _builtins.int
-    """The most iterations; 0 uses the server's default limit. Negative values
-    give INVALID_ARGUMENT.
+    """The most iterations; 0 means 100. Reaching it ends the loop without an
+    error. Negative values or values above 10000 give INVALID_ARGUMENT.
     """
-    @_builtins.property
-    def body(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The names of the steps to run on each iteration, in order. Required, at
-        least one.
-        """
-
     def __init__(
         self,
         *,
-        body: _abc.Iterable[_builtins.str] | None = ...,
+        body: _builtins.str = ...,
         until: _builtins.str = ...,
         max_iterations: _builtins.int = ...,
     ) -> None: ...
@@ -518,6 +533,7 @@ class WorkflowRetryPolicy(_message.Message):
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     INITIAL_BACKOFF_FIELD_NUMBER: _builtins.int
     BACKOFF_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    MAX_BACKOFF_FIELD_NUMBER: _builtins.int
     max_attempts: _builtins.int
     """The most attempts, the first one included; 0 means 1 (no retry).
     Negative values give INVALID_ARGUMENT.
@@ -530,16 +546,21 @@ class WorkflowRetryPolicy(_message.Message):
     def initial_backoff(self) -> _duration_pb2.Duration:
         """How long to wait before the first retry. Unset: retry at once."""
 
+    @_builtins.property
+    def max_backoff(self) -> _duration_pb2.Duration:
+        """The longest wait between attempts. Unset: no limit."""
+
     def __init__(
         self,
         *,
         max_attempts: _builtins.int = ...,
         initial_backoff: _duration_pb2.Duration | None = ...,
         backoff_multiplier: _builtins.float = ...,
+        max_backoff: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["initial_backoff", b"initial_backoff"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["initial_backoff", b"initial_backoff", "max_backoff", b"max_backoff"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff_multiplier", b"backoff_multiplier", "initial_backoff", b"initial_backoff", "max_attempts", b"max_attempts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff_multiplier", b"backoff_multiplier", "initial_backoff", b"initial_backoff", "max_attempts", b"max_attempts", "max_backoff", b"max_backoff"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -557,9 +578,11 @@ class WorkflowSchedule(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     PAUSED_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
     cron: _builtins.str
     """A cron expression with five fields (minute, hour, day of month, month,
-    day of week). Required; one that does not parse gives INVALID_ARGUMENT.
+    day of week), or six with seconds last. Required; one that does not
+    parse gives INVALID_ARGUMENT.
     """
     time_zone: _builtins.str
     """The IANA time zone the cron expression is read in, for example
@@ -567,13 +590,24 @@ class WorkflowSchedule(_message.Message):
     """
     paused: _builtins.bool
     """Whether the schedule is paused: no execution starts while it is true."""
+    id: _builtins.str
+    """The schedule's id, unique within the workflow; it keys the schedule's
+    firings (`schedule:<workflow_id>:<id>:<fire time>` is the idempotency
+    key of the execution each firing starts). Empty on Create or Update:
+    the server assigns one, so send the ids back to keep them. Same
+    pattern as workflow ids.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
-        """No execution starts before this time. Unset: no lower bound."""
+        """No execution starts before this time (a firing at it does). Unset: no
+        lower bound.
+        """
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
-        """No execution starts after this time. Unset: no upper bound."""
+        """No execution starts after this time (a firing at it does). Unset: no
+        upper bound.
+        """
 
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
@@ -588,10 +622,11 @@ class WorkflowSchedule(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         paused: _builtins.bool = ...,
         input: _struct_pb2.Struct | None = ...,
+        id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "input", b"input", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cron", b"cron", "end_time", b"end_time", "input", b"input", "paused", b"paused", "start_time", b"start_time", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cron", b"cron", "end_time", b"end_time", "id", b"id", "input", b"input", "paused", b"paused", "start_time", b"start_time", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -693,6 +728,9 @@ class StepExecution(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    WAKE_TIME_FIELD_NUMBER: _builtins.int
     step_name: _builtins.str
     """The step's name."""
     attempt: _builtins.int
@@ -701,6 +739,13 @@ class StepExecution(_message.Message):
     """Where the attempt is in its life."""
     error: _builtins.str
     """Why the attempt FAILED or was CANCELLED."""
+    key: _builtins.str
+    """Where the step sits in the execution: its name, prefixed inside loops
+    by each enclosing loop step and iteration, for example
+    `retry_loop[2]/fetch`. With `attempt`, unique within the execution.
+    """
+    run_id: _builtins.str
+    """For agent steps: the run this attempt started (see AgentService.GetRun)."""
     @_builtins.property
     def input(self) -> _struct_pb2.Value:
         """What the step received, for example the agent's message or the tool's
@@ -719,6 +764,12 @@ class StepExecution(_message.Message):
     def end_time(self) -> _timestamp_pb2.Timestamp:
         """When the attempt finished; unset while it runs or waits."""
 
+    @_builtins.property
+    def wake_time(self) -> _timestamp_pb2.Timestamp:
+        """For wait steps and retries: when the wait ends. Stored, so a restart
+        keeps it.
+        """
+
     def __init__(
         self,
         *,
@@ -730,10 +781,13 @@ class StepExecution(_message.Message):
         error: _builtins.str = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        key: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        wake_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "input", b"input", "output", b"output", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "input", b"input", "output", b"output", "start_time", b"start_time", "wake_time", b"wake_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "end_time", b"end_time", "error", b"error", "input", b"input", "output", b"output", "start_time", b"start_time", "state", b"state", "step_name", b"step_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "end_time", b"end_time", "error", b"error", "input", b"input", "key", b"key", "output", b"output", "run_id", b"run_id", "start_time", b"start_time", "state", b"state", "step_name", b"step_name", "wake_time", b"wake_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
