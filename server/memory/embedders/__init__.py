@@ -1,0 +1,1 @@
+"""Embedders: turn texts into unit vectors, behind one interface (base.py)."""
