@@ -1,0 +1,2 @@
+"""Rooms: shared conversations of agents and humans, and collaborations of
+their agents (RunRoom)."""
