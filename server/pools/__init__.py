@@ -1,0 +1,1 @@
+"""The pool of live agents: warm instances, hibernation, admission control."""

@@ -1,0 +1,7 @@
+"""The migrated `database` fixture (SQLite and PostgreSQL) of the storage tests."""
+
+from __future__ import annotations
+
+from tests.unit.storage.conftest import database
+
+__all__ = ["database"]
