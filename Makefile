@@ -17,17 +17,17 @@ venv: $(INSTALLED)
 
 $(INSTALLED): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,embed]'
 	touch $@
 
 $(BUF): package.json
 	npm install --no-audit --no-fund --silent
 	touch $@
 
-gen: venv
+gen: venv $(BUF)
 	$(BIN)/aster gen
 
-check-gen: venv
+check-gen: venv $(BUF)
 	$(BIN)/aster gen --check
 
 buf-deps: venv

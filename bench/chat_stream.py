@@ -23,14 +23,10 @@ import argparse
 import contextlib
 import json
 import queue
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import traceback
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +35,7 @@ from typing import Any
 import grpc
 from baselines.bare_stream import HOLD, write_events
 from google.protobuf import struct_pb2
-from unary import (
+from harness import (
     BENCH,
     GRPC_OPTIONS,
     HOST,
@@ -48,22 +44,24 @@ from unary import (
     READY_TIMEOUT_S,
     BenchError,
     Managed,
-    _cpu_by_process,
-    _cpu_delta,
-    _interrupt,
-    _log,
-    _read_line,
-    _sleep_until,
     aster_env,
     free_ports,
+    log,
     machine,
-    machine_busy_s,
     peak_rss_mib,
     percentile,
     process_tree,
+    run_bench,
     started,
     wait_grpc_healthy,
     wait_http_ok,
+)
+from unary import (
+    _cpu_by_process,
+    _cpu_delta,
+    _read_line,
+    _sleep_until,
+    machine_busy_s,
 )
 
 from aster.v1 import agent_pb2, agent_pb2_grpc, run_pb2
@@ -290,7 +288,7 @@ def _after_row(result: Measurement, roots: list[int]) -> None:
             f"after the window the server stayed busy {'over ' if busy else ''}{waited:.0f} s "
             "(working off queued events and cancelled runs)"
         )
-        _log(f"  the server needed {waited:.0f} s to settle")
+        log(f"  the server needed {waited:.0f} s to settle")
 
 
 def _summary(r: Measurement) -> str:
@@ -326,7 +324,7 @@ def start_aster(
     """`aster serve` on free ports, once healthy."""
     ports = dict(zip(("grpc", "http", "metrics", "admin"), free_ports(4), strict=True))
     env = stack_env(ports, data_dir, args)
-    _log(f"starting aster serve on {HOST}:{ports['grpc']}")
+    log(f"starting aster serve on {HOST}:{ports['grpc']}")
     server = Managed(name, [PYTHON, "-m", "aster.server.cli", "serve"], work, env)
     try:
         wait_grpc_healthy(server, ports["grpc"])
@@ -385,7 +383,7 @@ def wait_drained(port: int, agent_id: str, timeout: float = DRAIN_TIMEOUT_S) -> 
         try:
             left = active_runs(port, agent_id)
         except grpc.RpcError as err:
-            _log(f"GetAgentStatus failed: {err.code().name}")
+            log(f"GetAgentStatus failed: {err.code().name}")
         if left == 0:
             break
         if left != previous:
@@ -423,7 +421,7 @@ def run_aster(
         text = " ".join(f"w{i}" for i in range(args.words))
         agents = {0: create_scripted_agent(ports["grpc"], "bench fast", text, 0)}
         events = record_chat(ports["grpc"], agents[0])
-        _log(f"agent {agents[0]}: one chat = {len(events)} events")
+        log(f"agent {agents[0]}: one chat = {len(events)} events")
         expect = {0: len(events)}
         if args.paced_delay_ms > 0:
             paced = " ".join(f"w{i}" for i in range(args.paced_words))
@@ -433,11 +431,11 @@ def run_aster(
 
         def load(delay: int, streams: int, target: list[str], roots: list[int]) -> None:
             what = f"{streams} stream(s)" + (f", a word every {delay} ms" if delay else "")
-            _log(f"{CASE_TITLES[case]}, {what}")
+            log(f"{CASE_TITLES[case]}, {what}")
             result = stream_load(case, streams, target, expect[delay], args, roots, work)
             result.delay_ms = delay
             rows.append(_finish(result, roots, None if len(roots) == 1 else roots[:1]))
-            _log(f"({case}) {_summary(result)}")
+            log(f"({case}) {_summary(result)}")
             _after_row(result, roots)
 
         if case == "b":
@@ -450,7 +448,7 @@ def run_aster(
                 load(delay, streams, target, [server.pid])
                 server.check_running()
         else:
-            _log(f"starting aster edge (Envoy) on {HOST}:{ports['http']}")
+            log(f"starting aster edge (Envoy) on {HOST}:{ports['http']}")
             edge = Managed("aster-edge", [PYTHON, "-m", "aster.server.cli", "edge"], work, env)
             with started(edge):
                 base = f"http://{HOST}:{ports['http']}/v1/agents"
@@ -475,7 +473,7 @@ def start_bare(work: Path, events_file: Path | None) -> tuple[Managed, int]:
     """The bare streaming server, once healthy."""
     (port,) = free_ports(1)
     extra = [f"--events-file={events_file}"] if events_file else []
-    _log(f"starting bare grpc.aio streaming server on {HOST}:{port}")
+    log(f"starting bare grpc.aio streaming server on {HOST}:{port}")
     server = Managed(
         "bare-stream",
         [
@@ -504,11 +502,11 @@ def run_bare(
     with started(server):
         target = ["--mode=grpc", f"--target={HOST}:{port}"]
         for streams in args.streams:
-            _log(f"(a) bare grpc.aio stream, {streams} stream(s)")
+            log(f"(a) bare grpc.aio stream, {streams} stream(s)")
             result = stream_load("a", streams, target, count, args, [server.pid], work)
             server.check_running()
             rows.append(_finish(result, [server.pid]))
-            _log(f"(a) {_summary(result)}")
+            log(f"(a) {_summary(result)}")
             _after_row(result, [server.pid])
     return rows
 
@@ -577,7 +575,7 @@ class IdleLoader:
         try:
             self.proc.popen.wait(30)
         except subprocess.TimeoutExpired:
-            _log(f"{self.proc.name} did not exit; stopping it")
+            log(f"{self.proc.name} did not exit; stopping it")
 
     def _read(self) -> None:
         stdout = self.proc.popen.stdout
@@ -624,7 +622,7 @@ class IdleLoader:
             history.append((float(report["t"]), int(report["open"])))
             if time.monotonic() - last_log >= 10:
                 last_log = time.monotonic()
-                _log(
+                log(
                     f"  {report['t']:.0f}s: {report['open']} open, {report['pending']} opening, "
                     f"errors {report['errors']}"
                 )
@@ -687,18 +685,18 @@ def idle_memory(case: str, args: argparse.Namespace, work: Path) -> IdleResult:
                     raise BenchError(f"{left} warm-up runs still active after the cancel")
             time.sleep(1)
             result = IdleResult(case, rss_mib(roots), _settled_cpu_pct(roots, args.idle_hold))
-            _log(f"idle ({case}): server RSS {result.idle_rss_mib:.0f} MiB with no stream")
+            log(f"idle ({case}): server RSS {result.idle_rss_mib:.0f} MiB with no stream")
             opening_ends = time.monotonic() + args.idle_budget
             for asked in args.idle_streams:
                 budget = max(1.0, opening_ends - time.monotonic())
-                _log(f"idle ({case}): opening up to {asked:,} streams ({budget:.0f} s left)")
+                log(f"idle ({case}): opening up to {asked:,} streams ({budget:.0f} s left)")
                 report = loader.command(f"open {asked} {budget:.1f} {args.idle_stall}", budget + 60)
                 server.check_running()
                 time.sleep(1)
                 cpu = _settled_cpu_pct(roots, args.idle_hold)
                 step = IdleStep(asked, report, rss_mib(roots), rss_mib(roots, "VmHWM"), cpu)
                 result.steps.append(step)
-                _log(
+                log(
                     f"idle ({case}): {step.open:,} open after {report['seconds']:.0f} s "
                     f"({report['gave_up']} given up, errors {report['errors']}); "
                     f"server RSS {step.rss_mib:.0f} MiB (peak {step.hwm_mib:.0f}), "
@@ -728,7 +726,7 @@ def idle_memory(case: str, args: argparse.Namespace, work: Path) -> IdleResult:
                     f"{report['ended']}"
                 )
             result.notes.append(note)
-            _log(f"idle ({case}): {note}")
+            log(f"idle ({case}): {note}")
             loader.quit()
     return result
 
@@ -962,34 +960,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; stops every child process however the run ends."""
     args = parse_args(argv)
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _interrupt)
-    work = Path(tempfile.mkdtemp(prefix="aster-bench-stream-"))
-    code = 0
-    try:
-        report = run(args, work)
-        text = "\n".join(report) + "\n"
-        print(text)
-        if args.output:
-            args.output.write_text(text)
-    except KeyboardInterrupt:
-        print("\nbench: interrupted; stopping processes", file=sys.stderr)
-        code = 130
-    except BenchError as err:
-        print(f"bench: error: {err}", file=sys.stderr)
-        code = 1
-    except Exception:
-        traceback.print_exc()
-        code = 1
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN)
-        Managed.stop_all()
-        if args.keep or code == 1:
-            print(f"bench: logs kept in {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    return code
+    return run_bench(
+        "aster-bench-stream-", lambda work: run(args, work), output=args.output, keep=args.keep
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from aster.server.agents.service import AgentService
-from aster.server.agents.servicer import PENDING_AREAS, PENDING_DEFAULT_AREA, AgentServicer
+from aster.server.agents.servicer import AgentServicer
 from aster.server.auth.api_key_service import ApiKeyService
 from aster.server.auth.authenticator import Authenticator
 from aster.server.auth.interceptor import AuthInterceptor
@@ -27,16 +27,31 @@ from aster.server.bus.redis_bus import RedisBus
 from aster.server.clock import utcnow
 from aster.server.config import Settings
 from aster.server.errors import StartupError
-from aster.server.limits import build_rate_limiter
+from aster.server.limits import build_rate_limiter, build_token_usage
 from aster.server.limits.base import RateLimiter
 from aster.server.limits.interceptor import RateLimitInterceptor
 from aster.server.limits.quotas import Quotas
+from aster.server.limits.usage import TokenUsage
+from aster.server.memory.semantic_servicer import SemanticMemory
+from aster.server.memory.semantic_wiring import build_semantic_memory
+from aster.server.memory.servicer import MemoryServicer
+from aster.server.memory.working_service import ScopeChecker, WorkingMemoryService, purge_forever
+from aster.server.memory.working_tools import WorkingMemoryTools
 from aster.server.observability.metrics import MetricsInterceptor
+from aster.server.pools.context import SessionContextLoader
+from aster.server.pools.models import PoolSettings
+from aster.server.pools.pool import AgentPool
+from aster.server.pools.service import PoolService
+from aster.server.pools.servicer import PoolServicer
 from aster.server.providers.registry import ProviderRegistry
+from aster.server.rooms.delegate import delegate_tool
+from aster.server.rooms.runner import RoomRunner
+from aster.server.rooms.service import RoomService
+from aster.server.rooms.servicer import RoomServicer
+from aster.server.rooms.voice import AgentVoice
 from aster.server.rpc.catalog import SERVICES, service_names
 from aster.server.rpc.deadline import UnaryDeadlineInterceptor
 from aster.server.rpc.error_interceptor import ErrorInterceptor
-from aster.server.rpc.pending import with_pending_methods
 from aster.server.runs.event_log import EventLog
 from aster.server.runs.executor import RunExecutor
 from aster.server.runs.limits import LeaseSettings, RunLimits
@@ -46,14 +61,24 @@ from aster.server.sessions.servicer import SessionServicer
 from aster.server.storage.agent_repository import AgentRepository
 from aster.server.storage.api_key_repository import ApiKeyRepository
 from aster.server.storage.database import Database
+from aster.server.storage.pool_repository import PoolRepository
+from aster.server.storage.room_repository import RoomRepository
 from aster.server.storage.run_repository import RunRepository
 from aster.server.storage.session_repository import SessionRepository
+from aster.server.storage.stream_repository import StreamRepository
 from aster.server.storage.tool_repository import ToolRepository
+from aster.server.storage.workflow_repository import WorkflowRepository
+from aster.server.storage.working_memory_repository import WorkingMemoryRepository
+from aster.server.streams.log import StreamLog
 from aster.server.system.service import VERSION, ServerInfo, SystemService
 from aster.server.system.servicer import SystemServicer
 from aster.server.tools.http_executor import EnvOrFileSecrets
 from aster.server.tools.service import ToolService
 from aster.server.tools.servicer import ToolServicer
+from aster.server.workflows.definition_service import WorkflowService
+from aster.server.workflows.execution_service import ExecutionService, build_execution_service
+from aster.server.workflows.scheduler import Scheduler
+from aster.server.workflows.servicer import WorkflowServicer
 
 _log = structlog.get_logger("aster.server")
 
@@ -79,21 +104,45 @@ class Components:
     authenticator: Authenticator
     rules: dict[str, Rule]
     limiter: RateLimiter
+    streams: StreamLog
+    working_memory: WorkingMemoryService
+    pool: AgentPool
+    pools: PoolService
+    rooms: RoomService
+    room_runner: RoomRunner
+    semantic_memory: SemanticMemory
+    workflows: WorkflowService
+    executions: ExecutionService
+    token_usage: TokenUsage
+    scheduler: Scheduler
 
     async def close(self, grace_s: float) -> None:
         """Stops runs (background ones resume after a restart), then closes
         connections."""
+        await self.room_runner.close()
+        await self.scheduler.close()
+        await self.executions.close()
         await self.executor.close(grace_s)
+        await self.pool.close()
         await self.event_log.close()
         await self.providers.aclose()
+        await self.semantic_memory.aclose()
         await self.bus.close()
         await self.limiter.close()
+        await self.token_usage.close()
         await self.database.close()
 
 
 def build_bus(settings: Settings) -> EventBus:
-    """Redis pub/sub when ASTER_REDIS_URL is set, else in-process."""
-    return RedisBus(settings.redis_url) if settings.redis_url else InProcessBus()
+    """Redis (streams, and pub/sub for cancels) when ASTER_REDIS_URL is
+    set, else in-process."""
+    if not settings.redis_url:
+        return InProcessBus()
+    return RedisBus(
+        settings.redis_url,
+        stream_maxlen=settings.bus_stream_maxlen,
+        stream_ttl_s=settings.bus_stream_ttl_s,
+    )
 
 
 def build_components(settings: Settings) -> Components:
@@ -114,6 +163,13 @@ def build_components(settings: Settings) -> Components:
         secrets=EnvOrFileSecrets(settings.effective_secrets_dir),
     )
     providers = ProviderRegistry(settings.effective_secrets_dir)
+    working_memory = WorkingMemoryService(
+        WorkingMemoryRepository(database),
+        ScopeChecker(agents, sessions, RoomRepository(database)),
+        max_value_bytes=settings.working_memory_max_value_bytes,
+    )
+    for tool in WorkingMemoryTools(working_memory).tools():
+        tools.register_builtin(tool)
     run_repository = RunRepository(database)
     event_log = EventLog(run_repository, bus)
     limits = RunLimits(
@@ -121,6 +177,19 @@ def build_components(settings: Settings) -> Components:
         max_tokens=settings.run_max_tokens,
         timeout_s=settings.run_timeout_s,
         max_input_chars=settings.max_input_chars,
+    )
+    pool_repository = PoolRepository(database)
+    pool = AgentPool(
+        pool_repository,
+        agents,
+        SessionContextLoader(session_repository, pool_repository),
+        providers,
+        PoolSettings(
+            max_agents=settings.pool_max_agents,
+            idle_s=settings.pool_idle_s,
+            admission_timeout_s=settings.pool_admission_timeout_s,
+            drain_timeout_s=settings.pool_drain_timeout_s,
+        ),
     )
     executor = RunExecutor(
         run_repository,
@@ -136,8 +205,43 @@ def build_components(settings: Settings) -> Components:
             poll_s=settings.queue_poll_s,
             max_attempts=settings.run_max_attempts,
         ),
+        pool=pool,
     )
-    runs = RunService(run_repository, sessions, agents, tools, event_log, executor, limits, quotas)
+    token_usage = build_token_usage(settings.redis_url, run_repository.tokens_since)
+    executor.token_usage = token_usage
+    runs = RunService(
+        run_repository,
+        sessions,
+        agents,
+        tools,
+        event_log,
+        executor,
+        limits,
+        quotas,
+        token_usage=token_usage,
+    )
+    semantic_memory = build_semantic_memory(
+        settings,
+        database,
+        agents=agents,
+        providers=providers,
+        tools=tools,
+        executor=executor,
+        scopes=ScopeChecker(agents, sessions),
+        working=working_memory,
+    )
+    streams = StreamLog(StreamRepository(database), bus)
+    room_repository = RoomRepository(database)
+    room_runner = RoomRunner(room_repository, streams, bus, settings.run_lease_s)
+    rooms = RoomService(
+        room_repository,
+        streams,
+        agents,
+        AgentVoice(providers, tools, settings.run_max_steps),
+        room_runner,
+        settings.room_max_turns,
+    )
+    tools.register_builtin(delegate_tool())
     features = ["reflection"] if settings.reflection_enabled else []
     info = ServerInfo(
         version=VERSION,
@@ -154,6 +258,14 @@ def build_components(settings: Settings) -> Components:
         api_keys if "api_key" in settings.auth_methods else None,
         JwtVerifier(jwt_settings(settings)) if "jwt" in settings.auth_methods else None,
     )
+    workflow_repository = WorkflowRepository(database)
+    workflows = WorkflowService(workflow_repository, agents, tools)
+    lease = LeaseSettings(
+        lease_s=settings.run_lease_s,
+        poll_s=settings.queue_poll_s,
+        max_attempts=settings.run_max_attempts,
+    )
+    executions = build_execution_service(database, streams, bus, tools, runs, workflows, lease)
     return Components(
         database,
         bus,
@@ -169,6 +281,22 @@ def build_components(settings: Settings) -> Components:
         authenticator,
         rules,
         build_rate_limiter(settings.redis_url),
+        streams,
+        working_memory=working_memory,
+        pool=pool,
+        pools=PoolService(pool_repository, pool, agents),
+        rooms=rooms,
+        room_runner=room_runner,
+        semantic_memory=semantic_memory,
+        workflows=workflows,
+        executions=executions,
+        token_usage=token_usage,
+        scheduler=Scheduler(
+            workflow_repository,
+            executions,
+            interval_s=settings.workflow_scheduler_interval_s,
+            grace_s=settings.workflow_schedule_grace_s,
+        ),
     )
 
 
@@ -215,6 +343,21 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
+def servicers(components: Components) -> dict[str, object]:
+    """The servicer of every Aster service, by service name."""
+    return {
+        "AgentService": AgentServicer(components.agents, components.runs, components.pools),
+        "SessionService": SessionServicer(components.sessions),
+        "RoomService": RoomServicer(components.rooms),
+        "ToolService": ToolServicer(components.tools),
+        "SystemService": SystemServicer(components.system),
+        "PoolService": PoolServicer(components.pools),
+        "AuthService": AuthServicer(components.api_keys),
+        "MemoryService": MemoryServicer(components.working_memory, components.semantic_memory),
+        "WorkflowService": WorkflowServicer(components.workflows, components.executions),
+    }
+
+
 def build_server(
     settings: Settings, components: Components
 ) -> tuple[grpc.aio.Server, AsyncHealthServicer]:
@@ -241,22 +384,10 @@ def build_server(
         options=server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    implemented: dict[str, object] = {
-        "AgentService": with_pending_methods(
-            AgentServicer, SERVICES[0].descriptor(), PENDING_DEFAULT_AREA, PENDING_AREAS
-        )(components.agents, components.runs),
-        "SessionService": SessionServicer(components.sessions),
-        "ToolService": ToolServicer(components.tools),
-        "SystemService": SystemServicer(components.system),
-        "AuthService": AuthServicer(components.api_keys),
-    }
+    implemented = servicers(components)
     for entry in SERVICES:
         module = entry.grpc_module()
-        servicer = implemented.get(entry.name)
-        if servicer is None:
-            base = getattr(module, f"{entry.name}Servicer")
-            servicer = with_pending_methods(base, entry.descriptor(), entry.area)()
-        getattr(module, f"add_{entry.name}Servicer_to_server")(servicer, server)
+        getattr(module, f"add_{entry.name}Servicer_to_server")(implemented[entry.name], server)
 
     health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -294,17 +425,18 @@ async def watch_readiness(health_servicer: AsyncHealthServicer, system: SystemSe
             await set_ready(health_servicer, ready)
 
 
-async def prune_events(runs: RunService, retention_s: float) -> None:
-    """Deletes the events of runs that ended more than `retention_s` ago,
-    now and then."""
+async def prune_events(runs: RunService, executions: ExecutionService, retention_s: float) -> None:
+    """Deletes the events of runs and of workflow executions that ended more
+    than `retention_s` ago, now and then."""
     interval = min(600.0, retention_s / 2)
     while True:
-        try:
-            removed = await runs.prune_events(retention_s)
-            if removed:
-                _log.info("pruned run events", events=removed)
-        except Exception as err:
-            _log.warning("pruning run events failed", error=str(err))
+        for what, source in (("run", runs), ("execution", executions)):
+            try:
+                removed = await source.prune_events(retention_s)
+                if removed:
+                    _log.info(f"pruned {what} events", events=removed)
+            except Exception as err:
+                _log.warning(f"pruning {what} events failed", error=str(err))
         await asyncio.sleep(interval)
 
 
@@ -324,6 +456,10 @@ async def run_server(
     else:
         await migrations.require_current(components.database)
     await components.executor.start()
+    await components.pool.start()
+    await components.room_runner.start()
+    await components.executions.start()
+    components.scheduler.start()
     server, health_servicer = build_server(settings, components)
     address = f"{settings.grpc_host}:{settings.grpc_port}"
     try:
@@ -339,7 +475,12 @@ async def run_server(
     await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     await set_ready(health_servicer, True)
     readiness = asyncio.create_task(watch_readiness(health_servicer, components.system))
-    pruning = asyncio.create_task(prune_events(components.runs, settings.event_retention_s))
+    pruning = asyncio.create_task(
+        prune_events(components.runs, components.executions, settings.event_retention_s)
+    )
+    purging = asyncio.create_task(
+        purge_forever(components.working_memory, settings.working_memory_purge_s)
+    )
     if not components.authenticator.enabled:
         _log.warning(
             "AUTHENTICATION IS OFF (ASTER_AUTH_MODE=none): every caller is admin of tenant "
@@ -362,6 +503,7 @@ async def run_server(
         await health_servicer.enter_graceful_shutdown()
         components.executor.stop_taking_runs()
         pruning.cancel()
+        purging.cancel()
         readiness.cancel()
         await server.stop(settings.shutdown_grace_s)
         await components.close(grace_s=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".aster")
     database_url: str = ""
     redis_url: str = ""
+    # The Redis bus keeps at least this many entries per stream (run, room,
+    # workflow execution) and deletes a stream this long after its last one.
+    bus_stream_maxlen: int = Field(1000, ge=1)
+    bus_stream_ttl_s: int = Field(3600, ge=1)
     log_level: str = "info"
     log_format: LogFormat = LogFormat.AUTO
     mode: Mode = Mode.DEVELOPMENT
@@ -75,12 +79,41 @@ class Settings(BaseSettings):
     # A run's lease: renewed by its worker every third of this; a worker
     # silent for longer loses the run to another worker (as a new attempt).
     run_lease_s: float = Field(10.0, ge=1)
+    # Agent turns of a room collaboration (RunRoom) whose max_turns is 0.
+    room_max_turns: int = Field(10, ge=1, le=100)
     # A run whose worker died this many times ends FAILED (0 = no limit).
     run_max_attempts: int = Field(3, ge=0)
     # How often each worker looks for queued runs it can take.
     queue_poll_s: float = Field(0.5, gt=0)
-    # How long a finished run's events stay replayable (StreamRun).
+    # How often each replica's scheduler starts due workflow schedule
+    # firings, and how old a missed firing may be and still start (older
+    # missed ones: only the latest starts).
+    workflow_scheduler_interval_s: float = Field(0.5, gt=0, le=60)
+    workflow_schedule_grace_s: float = Field(60.0, ge=0)
+    # How long the events of a finished run or workflow execution stay
+    # replayable (StreamRun, WatchExecution).
     event_retention_s: float = Field(86_400.0, gt=0)
+    # The agent pool (per replica): most live agents, idle time before an
+    # agent hibernates, how long a run waits for room before
+    # RESOURCE_EXHAUSTED, and how long RemovePoolAgent waits for runs.
+    pool_max_agents: int = Field(100, ge=1, le=100_000)
+    pool_idle_s: float = Field(300.0, gt=0)
+    pool_admission_timeout_s: float = Field(30.0, ge=0)
+    pool_drain_timeout_s: float = Field(30.0, ge=0, le=50)
+    # Working memory: the largest value (compact JSON bytes), and how often
+    # expired entries are purged (they are invisible from their expiry on).
+    working_memory_max_value_bytes: int = Field(65_536, ge=16, le=4 * 1024 * 1024)
+    working_memory_purge_s: float = Field(300.0, gt=0)
+    # Semantic memory: the embedder (`auto`: `local` if the `embed` extra is
+    # installed, else `none`, which turns semantic memory off), the model and
+    # endpoint of the `openai` embedder (its key: OPENAI_API_KEY), the default
+    # similarity of ConsolidateMemory, and how many vectors the exact search
+    # keeps in memory per replica.
+    embedder: Literal["auto", "local", "openai", "none"] = "auto"
+    embedder_openai_model: str = "text-embedding-3-small"
+    embedder_openai_base_url: str = ""
+    memory_consolidate_threshold: float = Field(0.9, gt=0, le=1)
+    memory_cache_max_vectors: int = Field(2_000_000, ge=1000)
     # Authentication: `none`, `api_key`, `jwt` or `api_key,jwt`.
     auth_mode: str = "none"
     # JWT verification: the accepted algorithms (pinned), the HS256 secret,

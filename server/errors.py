@@ -64,13 +64,6 @@ class Unavailable(AsterError):
     reason = "UNAVAILABLE"
 
 
-class NotImplementedYet(AsterError):
-    """An area of the API whose implementation has not landed."""
-
-    code = "UNIMPLEMENTED"
-    reason = "NOT_IMPLEMENTED"
-
-
 class StartupError(RuntimeError):
     """The server cannot start (port taken, database unreachable, unknown
     schema); the message says why, and `aster serve` prints it and exits 1."""

@@ -255,3 +255,31 @@ def test_no_two_rpcs_share_an_http_route() -> None:
                         clashes.append(f"{verb} {path}: {seen[key]} and {name}")
                     seen.setdefault(key, name)
     assert not clashes, clashes
+
+
+def _defined_by_aster(servicer: object, name: str) -> bool:
+    # The generated base classes define every RPC (answering UNIMPLEMENTED);
+    # only methods of our own classes count.
+    ours = [cls for cls in type(servicer).__mro__ if cls.__module__.startswith("aster.server")]
+    return any(name in vars(cls) for cls in ours)
+
+
+async def test_every_rpc_of_every_service_is_implemented(tmp_path: Path) -> None:
+    from aster.server.app import build_components, servicers
+    from aster.server.config import Settings
+    from aster.server.rpc.catalog import SERVICES
+
+    settings = Settings(data_dir=tmp_path, embedder="none")
+    components = build_components(settings)
+    try:
+        registered = servicers(components)
+        assert sorted(registered) == sorted(entry.name for entry in SERVICES)
+        missing = [
+            f"{entry.name}.{method.name}"
+            for entry in SERVICES
+            for method in entry.descriptor().methods
+            if not _defined_by_aster(registered[entry.name], method.name)
+        ]
+    finally:
+        await components.close(grace_s=0)
+    assert missing == []

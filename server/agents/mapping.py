@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from aster.server.agents.models import Agent, AgentSpec, AgentState, ModelConfig, SecretRef
+from aster.server.agents.models import (
+    Agent,
+    AgentSpec,
+    AgentState,
+    MemoryConfig,
+    ModelConfig,
+    SecretRef,
+)
 from aster.server.rpc.convert import dict_to_struct, struct_to_dict, timestamp
 from aster.v1 import agent_pb2
 
@@ -42,6 +49,15 @@ def spec_from_proto(message: agent_pb2.Agent) -> AgentSpec:
         labels=dict(message.labels),
         metadata=struct_to_dict(message.metadata, "agent.metadata"),
         state=_STATE_FROM_PROTO.get(message.state, AgentState.ACTIVE),
+        memory=MemoryConfig(
+            auto_recall=message.memory.auto_recall,
+            recall_top_k=message.memory.recall_top_k,
+            recall_min_score=(
+                message.memory.recall_min_score
+                if message.memory.HasField("recall_min_score")
+                else None
+            ),
+        ),
     )
 
 
@@ -51,8 +67,9 @@ def set_fields(message: agent_pb2.Agent) -> list[str]:
     `model.temperature` changes only the temperature."""
     paths = []
     for field, _ in message.ListFields():
-        if field.name == "model":
-            paths += [f"model.{sub.name}" for sub, _ in message.model.ListFields()]
+        if field.name in ("model", "memory"):
+            sub_message = getattr(message, field.name)
+            paths += [f"{field.name}.{sub.name}" for sub, _ in sub_message.ListFields()]
         elif field.name not in OUTPUT_FIELDS:
             paths.append(field.name)
     return paths
@@ -87,4 +104,9 @@ def agent_to_proto(agent: Agent) -> agent_pb2.Agent:
         create_time=timestamp(agent.create_time),
         update_time=timestamp(agent.update_time),
         etag=agent.etag,
+        memory=agent_pb2.AgentMemoryConfig(
+            auto_recall=spec.memory.auto_recall,
+            recall_top_k=spec.memory.recall_top_k,
+            recall_min_score=spec.memory.recall_min_score,
+        ),
     )

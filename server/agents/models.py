@@ -41,6 +41,16 @@ class ModelConfig:
 
 
 @dataclass
+class MemoryConfig:
+    """How an agent uses semantic memory: auto-recall puts the `recall_top_k`
+    memories closest to the run's input in its context."""
+
+    auto_recall: bool = False
+    recall_top_k: int = 0
+    recall_min_score: float | None = None
+
+
+@dataclass
 class AgentSpec:
     """The fields of an agent a caller sets."""
 
@@ -52,6 +62,7 @@ class AgentSpec:
     labels: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     state: AgentState = AgentState.ACTIVE
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
 
 
 @dataclass

@@ -34,6 +34,10 @@ UPDATABLE_PATHS = frozenset(
         "labels",
         "metadata",
         "state",
+        "memory",
+        "memory.auto_recall",
+        "memory.recall_top_k",
+        "memory.recall_min_score",
     }
 )
 

@@ -11,6 +11,7 @@ from google.protobuf import empty_pb2
 from aster.server.agents.mapping import agent_to_proto, set_fields, spec_from_proto
 from aster.server.agents.service import AgentService
 from aster.server.errors import InvalidArgument
+from aster.server.pools.service import PoolService
 from aster.server.rpc.convert import timestamp
 from aster.server.runs.mapping import event_to_proto, run_request, run_to_proto
 from aster.server.runs.service import RunService
@@ -19,17 +20,14 @@ from aster.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-# RPCs of AgentService that later work implements, by area.
-PENDING_AREAS = {"ResumeAgent": "pools"}
-PENDING_DEFAULT_AREA = "pools"
-
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     """Agents (CRUD, status, stats) and their runs (chat, unary, background,
     joining, cancelling)."""
 
-    def __init__(self, service: AgentService, runs: RunService) -> None:
+    def __init__(self, service: AgentService, runs: RunService, pools: PoolService) -> None:
         self._service = service
+        self._pools = pools
         self._runs = runs
 
     async def CreateAgent(
@@ -112,6 +110,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if activity.last_activity_time is not None:
             status.last_activity_time.CopyFrom(timestamp(activity.last_activity_time))
         return status
+
+    async def ResumeAgent(
+        self, request: agent_pb2.ResumeAgentRequest, context: Context
+    ) -> agent_pb2.AgentStatus:
+        await self._pools.resume_agent(current_tenant(), request.id)
+        return await self.GetAgentStatus(agent_pb2.GetAgentStatusRequest(id=request.id), context)
 
     async def GetAgentStats(
         self, request: agent_pb2.GetAgentStatsRequest, context: Context

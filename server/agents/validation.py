@@ -6,13 +6,13 @@ import math
 import re
 
 from aster.server.agents.models import PROVIDERS, AgentSpec
+from aster.server.display_text import check_description, check_display_name
 from aster.server.errors import InvalidArgument
 from aster.server.labels import validate_labels
 
-MAX_DISPLAY_NAME = 200
-MAX_DESCRIPTION = 2_000
 MAX_INSTRUCTIONS = 100_000
 MAX_TOOLS = 128
+MAX_RECALL_TOP_K = 20
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 _TOOL_ID = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -24,12 +24,8 @@ def _fail(field: str, message: str) -> InvalidArgument:
 
 def validate_agent_spec(spec: AgentSpec, prefix: str = "agent") -> None:
     """Raises InvalidArgument for the first field of `spec` that breaks a rule."""
-    if not spec.display_name.strip():
-        raise _fail(f"{prefix}.display_name", "must not be empty")
-    if len(spec.display_name) > MAX_DISPLAY_NAME:
-        raise _fail(f"{prefix}.display_name", f"must be at most {MAX_DISPLAY_NAME} characters")
-    if len(spec.description) > MAX_DESCRIPTION:
-        raise _fail(f"{prefix}.description", f"must be at most {MAX_DESCRIPTION} characters")
+    check_display_name(spec.display_name, f"{prefix}.display_name")
+    check_description(spec.description, f"{prefix}.description")
     if len(spec.instructions) > MAX_INSTRUCTIONS:
         raise _fail(f"{prefix}.instructions", f"must be at most {MAX_INSTRUCTIONS} characters")
     model = spec.model
@@ -60,3 +56,8 @@ def validate_agent_spec(spec: AgentSpec, prefix: str = "agent") -> None:
         if not _TOOL_ID.match(tool):
             raise _fail(f"{prefix}.tools[{index}]", f"{tool[:80]!r} is not a tool id")
     validate_labels(spec.labels, f"{prefix}.labels")
+    if not 0 <= spec.memory.recall_top_k <= MAX_RECALL_TOP_K:
+        raise _fail(f"{prefix}.memory.recall_top_k", f"must be between 0 and {MAX_RECALL_TOP_K}")
+    score = spec.memory.recall_min_score
+    if score is not None and not math.isfinite(score):
+        raise _fail(f"{prefix}.memory.recall_min_score", "must be a finite number")

@@ -12,11 +12,10 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 @dataclass(frozen=True)
 class ServiceEntry:
-    """One service: its generated modules and the area that implements it."""
+    """One service and its generated modules."""
 
     module: str
     name: str
-    area: str
 
     @property
     def full_name(self) -> str:
@@ -35,15 +34,15 @@ class ServiceEntry:
 
 
 SERVICES = (
-    ServiceEntry("agent", "AgentService", "runs"),
-    ServiceEntry("session", "SessionService", "sessions"),
-    ServiceEntry("pool", "PoolService", "pools"),
-    ServiceEntry("room", "RoomService", "rooms"),
-    ServiceEntry("memory", "MemoryService", "memory"),
-    ServiceEntry("workflow", "WorkflowService", "workflows"),
-    ServiceEntry("tool", "ToolService", "tools"),
-    ServiceEntry("system", "SystemService", "system"),
-    ServiceEntry("auth", "AuthService", "auth"),
+    ServiceEntry("agent", "AgentService"),
+    ServiceEntry("session", "SessionService"),
+    ServiceEntry("pool", "PoolService"),
+    ServiceEntry("room", "RoomService"),
+    ServiceEntry("memory", "MemoryService"),
+    ServiceEntry("workflow", "WorkflowService"),
+    ServiceEntry("tool", "ToolService"),
+    ServiceEntry("system", "SystemService"),
+    ServiceEntry("auth", "AuthService"),
 )
 
 

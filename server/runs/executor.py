@@ -18,7 +18,11 @@ from aster.server.bus.base import EventBus
 from aster.server.clock import utcnow
 from aster.server.errors import AsterError, FailedPrecondition, InvalidArgument, ResourceExhausted
 from aster.server.ids import new_id
+from aster.server.limits.usage import TokenUsage
 from aster.server.observability import aster_metrics
+from aster.server.pools.context import SessionContext
+from aster.server.pools.live import LiveAgent
+from aster.server.pools.pool import AgentPool
 from aster.server.providers.base import (
     ChatMessage,
     Delta,
@@ -38,6 +42,8 @@ from aster.server.runs.models import Run, RunEvent, RunStatus
 from aster.server.sessions.models import Checkpoint, Message, ToolCallRecord
 from aster.server.storage.run_repository import RunRepository
 from aster.server.storage.session_repository import RunAttemptStale, SessionRepository
+from aster.server.tools.call_context import ToolCallContext, tool_call_scope
+from aster.server.worker_loops import listen_for_stops, repeat
 
 _log = structlog.get_logger("aster.runs")
 CONTROL_TOPIC = "control"
@@ -105,6 +111,8 @@ class RunExecutor:
         tools: ToolRunner,
         limits: RunLimits,
         lease: LeaseSettings | None = None,
+        *,
+        pool: AgentPool,
     ) -> None:
         self.owner = new_id("wrk")
         self._lease = lease or LeaseSettings()
@@ -116,6 +124,7 @@ class RunExecutor:
         self._providers = providers
         self._tools = tools
         self._limits = limits
+        self._pool = pool
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[str] = set()
         # Runs this worker is executing (it holds their lease): their attempt.
@@ -125,12 +134,22 @@ class RunExecutor:
         self._shutting_down = False
         self._loops: list[asyncio.Task[None]] = []
         self._listening = asyncio.Event()
+        # Called before each model call; what they return follows the
+        # instructions in the context (semantic memory's auto-recall).
+        self.context_hooks: list[Callable[[Run, Agent], Awaitable[Sequence[ChatMessage]]]] = []
+        # Charged with each finished run's tokens (the daily token quota).
+        self.token_usage: TokenUsage | None = None
 
     async def start(self) -> None:
         """Starts the worker: cancellations from other replicas, the queue
         poller, lease renewal and the rescue of lapsed leases."""
         self._loops = [
-            asyncio.create_task(self._listen(), name="run-control"),
+            asyncio.create_task(
+                listen_for_stops(
+                    self._bus, CONTROL_TOPIC, "cancel", self.cancel_local, self._listening
+                ),
+                name="run-control",
+            ),
             asyncio.create_task(self._every(self._lease.poll_s, self._poll), name="run-poll"),
             asyncio.create_task(
                 self._every(self._lease.lease_s / 3, self._renew), name="run-leases"
@@ -142,12 +161,7 @@ class RunExecutor:
         await asyncio.wait_for(self._listening.wait(), 10)
 
     async def _every(self, interval_s: float, work: Callable[[], Awaitable[None]]) -> None:
-        while True:
-            try:
-                await work()
-            except Exception as err:
-                _log.warning("run worker loop failed; retrying", loop=work.__name__, error=str(err))
-            await asyncio.sleep(interval_s)
+        await repeat(interval_s, work, log=_log, what="run worker")
 
     async def _poll(self) -> None:
         """Takes queued runs nobody is executing (rescued ones, or runs
@@ -186,14 +200,6 @@ class RunExecutor:
         if rescued:
             _log.warning("rescued runs whose lease lapsed", runs=rescued)
             await self._poll()
-
-    async def _listen(self) -> None:
-        async with self._bus.subscribe(CONTROL_TOPIC) as control:
-            self._listening.set()
-            while True:
-                message = await control.get()
-                if isinstance(message, dict) and "cancel" in message:
-                    self.cancel_local(str(message["cancel"]))
 
     def dispatch(self, run: Run) -> None:
         """Executes `run` here, after its predecessor, if this worker gets
@@ -351,7 +357,16 @@ class RunExecutor:
         await asyncio.shield(self._finish(run, emitter, outcome))
 
     async def _loop(self, run: Run, emitter: _Emitter, outcome: _Outcome, started: float) -> None:
-        agent = await self._agents.get(run.tenant, run.agent_id)
+        # The agent's live instance (resolved configuration, warm provider,
+        # cached session context) from the pool: a hit, a cold start, or
+        # RESOURCE_EXHAUSTED after the admission timeout if the pool is full.
+        async with self._pool.acquire(run.tenant, run.agent_id) as live:
+            await self._steps(run, live, emitter, outcome, started)
+
+    async def _steps(
+        self, run: Run, live: LiveAgent, emitter: _Emitter, outcome: _Outcome, started: float
+    ) -> None:
+        agent = live.agent
         if agent.spec.state is AgentState.DISABLED:
             raise FailedPrecondition(f"agent {agent.id!r} is disabled", field="agent_id")
         if run.input_message_id:
@@ -359,7 +374,12 @@ class RunExecutor:
             await self._sessions.forget_run(
                 run.tenant, run.session_id, run.id, run.input_message_id
             )
+            live.forget(run.session_id)
+            context = await live.context(run.session_id)
         else:
+            # Checked against the database before this run writes to it, so
+            # a warm context costs one aggregate query.
+            context = await live.context(run.session_id)
             user = await self._sessions.append_message(
                 run.tenant,
                 Message(
@@ -372,14 +392,15 @@ class RunExecutor:
                 ),
                 attempt=run.attempt,
             )
+            context.add(user)
             await self._runs.update(run.id, input_message_id=user.id)
         tools: Sequence[ToolSpec] = ()
         tool_ids: dict[str, str] = {}
         if agent.spec.tools:
             tools, tool_ids = await self._tools.callable_tools(run.tenant, agent.spec.tools)
-        provider = self._providers.provider(agent.spec.model)
+        provider = live.provider
         for _step in range(self._limits.max_steps):
-            history = await self._history(run, agent)
+            history = await self._history(run, agent, context)
             request = ModelRequest(config=agent.spec.model, messages=history, tools=tuple(tools))
             async with contextlib.aclosing(provider.stream(request)) as stream:
                 text, calls = await self._model_call(stream, emitter, outcome, started)
@@ -406,20 +427,25 @@ class RunExecutor:
                 ),
                 attempt=run.attempt,
             )
+            context.add(message)
             if not calls:
                 outcome.result = message
                 return
             for call in calls:
-                await self._call_tool(run, call, tool_ids, emitter)
+                context.add(await self._call_tool(run, call, tool_ids, emitter, message.id))
         raise ResourceExhausted(
             f"stopped after {self._limits.max_steps} model calls without a final answer (max_steps)"
         )
 
-    async def _history(self, run: Run, agent: Agent) -> tuple[ChatMessage, ...]:
-        messages = await self._sessions.messages(run.tenant, run.session_id)
+    async def _history(
+        self, run: Run, agent: Agent, context: SessionContext
+    ) -> tuple[ChatMessage, ...]:
+        messages = context.messages
         history: list[ChatMessage] = []
         if agent.spec.instructions:
             history.append(ChatMessage(role="system", content=agent.spec.instructions))
+        for hook in self.context_hooks:
+            history.extend(await hook(run, agent))
         for m in messages:
             history.append(
                 ChatMessage(
@@ -489,8 +515,15 @@ class RunExecutor:
         return (message_id, "".join(parts)), requests
 
     async def _call_tool(
-        self, run: Run, call: ToolCallRequest, tool_ids: dict[str, str], emitter: _Emitter
-    ) -> None:
+        self,
+        run: Run,
+        call: ToolCallRequest,
+        tool_ids: dict[str, str],
+        emitter: _Emitter,
+        message_id: str = "",
+    ) -> Message:
+        """Runs one tool call asked for by assistant message `message_id`;
+        returns the stored tool message."""
         output: Any = None
         error = ""
         try:
@@ -503,19 +536,28 @@ class RunExecutor:
             try:
                 if call.name not in tool_ids:
                     raise InvalidArgument(f"the model called {call.name!r}, which the agent lacks")
-                result = await self._tools.execute(
-                    run.tenant,
-                    tool_ids[call.name],
-                    arguments,
-                    f"{run.id}:{call.id}:{run.attempt}",
+                caller = ToolCallContext(
+                    tenant=run.tenant,
+                    agent_id=run.agent_id,
+                    session_id=run.session_id,
+                    run_id=run.id,
+                    tool_call_id=call.id,
+                    message_id=message_id,
                 )
+                with tool_call_scope(caller):
+                    result = await self._tools.execute(
+                        run.tenant,
+                        tool_ids[call.name],
+                        arguments,
+                        f"{run.id}:{call.id}:{run.attempt}",
+                    )
                 output, error = result.output, result.error
             except AsterError as err:
                 error = err.message
         aster_metrics.TOOL_CALLS.labels(outcome="error" if error else "ok").inc()
         emitter.emit("tool_result", tool_call_id=call.id, output=output, error=error)
         content = json.dumps({"error": error} if error else output)
-        await self._sessions.append_message(
+        return await self._sessions.append_message(
             run.tenant,
             Message(
                 id=new_id("msg"),
@@ -564,6 +606,8 @@ class RunExecutor:
             _log.warning("lease lost before the run ended; nothing written", run_id=run.id)
             return
         await self._log.publish(last)
+        if self.token_usage is not None:
+            await self.token_usage.add(run.tenant, outcome.input_tokens + outcome.output_tokens)
         _record_metrics(outcome)
         _log.info("run finished", run_id=run.id, status=outcome.status.value, events=emitter.seq)
 

@@ -12,6 +12,7 @@ from aster.server.clock import utcnow
 from aster.server.errors import FailedPrecondition, InvalidArgument, NotFound
 from aster.server.ids import check_id, new_id
 from aster.server.limits.quotas import Quotas
+from aster.server.limits.usage import TokenUsage
 from aster.server.observability import aster_metrics
 from aster.server.pagination import Page, by_create_time, decode_token, next_page, page_size
 from aster.server.runs.dependencies import ToolRunner
@@ -50,6 +51,8 @@ class RunService:
         executor: RunExecutor,
         limits: RunLimits,
         quotas: Quotas | None = None,
+        *,
+        token_usage: TokenUsage,
     ) -> None:
         self._runs = runs
         self._sessions = sessions
@@ -59,6 +62,8 @@ class RunService:
         self._executor = executor
         self._limits = limits
         self._quotas = quotas or Quotas()
+        # Today's tokens per tenant; the executor charges it as runs finish.
+        self._token_usage = token_usage
 
     async def start(self, tenant: str, request: RunRequest) -> Run:
         """Admits a run and dispatches it; returns it QUEUED."""
@@ -113,7 +118,7 @@ class RunService:
         if quotas.max_concurrent_runs:
             quotas.check("max_concurrent_runs", await self._runs.active_count(tenant), tenant)
         if quotas.max_tokens_per_day:
-            used = await self._runs.tokens_since(tenant, utcnow() - timedelta(days=1))
+            used = await self._token_usage.today(tenant)
             quotas.check("max_tokens_per_day", used, tenant)
 
     async def _session_for(self, tenant: str, request: RunRequest) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from aster.server.agents.service import AgentService
 from aster.server.clock import utcnow
+from aster.server.display_text import MAX_DISPLAY_NAME
 from aster.server.errors import InvalidArgument
 from aster.server.etags import check_etag
 from aster.server.ids import check_id, new_id
@@ -17,7 +18,6 @@ from aster.server.update_mask import apply_update_mask
 
 ID_PREFIX = "ses"
 UPDATABLE_PATHS = frozenset({"display_name", "labels", "metadata"})
-MAX_DISPLAY_NAME = 200
 
 
 def _validate(spec: SessionSpec) -> None:

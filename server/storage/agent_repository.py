@@ -14,6 +14,7 @@ from aster.server.agents.models import (
     AgentFilter,
     AgentSpec,
     AgentState,
+    MemoryConfig,
     ModelConfig,
     SecretRef,
 )
@@ -142,6 +143,7 @@ def _spec_values(spec: AgentSpec) -> dict[str, Any]:
         "labels": dict(spec.labels),
         "metadata_": spec.metadata,
         "state": spec.state.value,
+        "memory": dataclasses.asdict(spec.memory),
     }
 
 
@@ -162,6 +164,7 @@ def _to_agent(row: AgentRow) -> Agent:
         labels=dict(row.labels),
         metadata=dict(row.metadata_),
         state=AgentState(row.state),
+        memory=MemoryConfig(**row.memory) if row.memory else MemoryConfig(),
     )
     return Agent(
         id=row.id,

@@ -110,6 +110,7 @@ class RunRow(Base):
         Index("ix_runs_session", "tenant", "session_id", "create_time"),
         Index("ix_runs_agent", "tenant", "agent_id", "create_time"),
         Index("ix_runs_status", "status"),
+        Index("ix_runs_status_lease", "status", "lease_expires"),
     )
 
 

@@ -127,6 +127,12 @@ class ToolService:
         )
         self._recent: OrderedDict[tuple[str, str, str], _Remembered] = OrderedDict()
 
+    def register_builtin(self, tool: BuiltinTool) -> None:
+        """Adds a builtin tool (at wiring time), visible in every tenant."""
+        if tool.id in self._builtins:
+            raise ValueError(f"builtin tool {tool.id!r} is already registered")
+        self._builtins[tool.id] = tool
+
     # The registry -------------------------------------------------------------
 
     async def create(self, tenant: str, definition: ToolDefinition, proposed_id: str = "") -> Tool:

@@ -13,12 +13,12 @@ from urllib.parse import urlsplit
 from jsonschema import validators
 from jsonschema.exceptions import SchemaError, best_match
 
+from aster.server.display_text import check_description
 from aster.server.errors import InvalidArgument
 from aster.server.labels import validate_labels
 from aster.server.providers.base import EMPTY_OBJECT_SCHEMA
 from aster.server.tools.models import HttpToolConfig, ToolDefinition, ToolKind
 
-MAX_DESCRIPTION = 2_000
 MAX_PARAMETERS_BYTES = 64 * 1024
 MAX_URL = 2_048
 MAX_HEADERS = 32
@@ -67,8 +67,7 @@ def validate_tool_definition(definition: ToolDefinition, prefix: str = "tool") -
             f"{definition.name[:80]!r} must be 1-64 letters, digits, '_' or '-', "
             "starting with a letter",
         )
-    if len(definition.description) > MAX_DESCRIPTION:
-        raise _fail(f"{prefix}.description", f"must be at most {MAX_DESCRIPTION} characters")
+    check_description(definition.description, f"{prefix}.description")
     check_parameters_schema(definition.parameters, f"{prefix}.parameters")
     if definition.kind is ToolKind.UNSPECIFIED:
         raise _fail(f"{prefix}.kind", "is required; use TOOL_KIND_HTTP")

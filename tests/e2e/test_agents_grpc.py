@@ -10,7 +10,7 @@ import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 
 from aster.client import AsterClient
-from aster.v1 import agent_pb2, agent_pb2_grpc, room_pb2, room_pb2_grpc, system_pb2, system_pb2_grpc
+from aster.v1 import agent_pb2, agent_pb2_grpc, pool_pb2, pool_pb2_grpc, system_pb2, system_pb2_grpc
 from tests.conftest import Stack
 from tests.rpc_errors import error_info, expect_error
 
@@ -262,20 +262,28 @@ async def test_oversized_message_is_resource_exhausted(
     )
 
 
-async def test_pending_areas_answer_unimplemented(channel: grpc.aio.Channel) -> None:
+async def test_resume_agent_warms_a_pooled_agent(channel: grpc.aio.Channel) -> None:
     agents = agent_pb2_grpc.AgentServiceStub(channel)
+    pools = pool_pb2_grpc.PoolServiceStub(channel)
     err = await expect_error(
-        agents.ResumeAgent(agent_pb2.ResumeAgentRequest(id="a")), Code.UNIMPLEMENTED
+        agents.ResumeAgent(agent_pb2.ResumeAgentRequest(id="agt_missing")), Code.NOT_FOUND
     )
-    assert "pools are not implemented yet" in (err.details() or "")
-    rooms = room_pb2_grpc.RoomServiceStub(channel)
-    err = await expect_error(rooms.ListRooms(room_pb2.ListRoomsRequest()), Code.UNIMPLEMENTED)
-    assert "rooms are not implemented yet" in (err.details() or "")
-    stream = rooms.StreamRoom(room_pb2.StreamRoomRequest(room_id="r"))
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for _ in stream:
-            pass
-    assert caught.value.code() == Code.UNIMPLEMENTED
+    assert "agt_missing" in (err.details() or "")
+    loose = await agents.CreateAgent(
+        agent_pb2.CreateAgentRequest(agent=agent_pb2.Agent(display_name="not pooled"))
+    )
+    err = await expect_error(
+        agents.ResumeAgent(agent_pb2.ResumeAgentRequest(id=loose.id)), Code.FAILED_PRECONDITION
+    )
+    assert "not in the pool" in (err.details() or "")
+    pooled = await pools.CreatePooledAgent(
+        pool_pb2.CreatePooledAgentRequest(agent=agent_pb2.Agent(display_name="pooled"))
+    )
+    status = await agents.ResumeAgent(agent_pb2.ResumeAgentRequest(id=pooled.agent_id))
+    assert status.agent_id == pooled.agent_id
+    assert status.activity == agent_pb2.AGENT_ACTIVITY_IDLE
+    live = await pools.GetPoolAgent(pool_pb2.GetPoolAgentRequest(agent_id=pooled.agent_id))
+    assert pool_pb2.PoolAgentState.Name(live.state) == "POOL_AGENT_STATE_LIVE"
 
 
 async def test_system_info_stats_and_health(channel: grpc.aio.Channel) -> None:

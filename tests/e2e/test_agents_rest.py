@@ -126,9 +126,8 @@ async def test_every_error_code_maps_to_its_http_status(http: httpx.AsyncClient)
         json={"display_name": "x", "etag": "0000000000000000"},
     )
     assert_error(stale, 409, 10, "etag")
-    # UNIMPLEMENTED -> 501
-    assert_error(await http.get("/v1/rooms"), 501, 12, "rooms are not implemented yet")
-    assert_error(await http.get("/v1/pool/stats"), 501, 12, "pools are not implemented yet")
+    # FAILED_PRECONDITION -> 400
+    assert_error(await http.post(f"/v1/agents/{agent_id}/resume", json={}), 400, 9, "pool")
     # Envoy's own errors have the same shape: unknown path -> 404
     assert_error(await http.get("/v1/no-such-thing"), 404, 5)
 

@@ -13,13 +13,29 @@ import grpc
 import httpx
 import jwt
 import pytest
+from google.protobuf import json_format, struct_pb2
 from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from aster.server.auth.rules import Rule, rules_for
 from aster.server.rpc.catalog import SERVICES
-from aster.v1 import agent_pb2, agent_pb2_grpc, auth_pb2, auth_pb2_grpc, tool_pb2, tool_pb2_grpc
+from aster.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
+    memory_pb2,
+    memory_pb2_grpc,
+    pool_pb2,
+    pool_pb2_grpc,
+    room_pb2,
+    room_pb2_grpc,
+    tool_pb2,
+    tool_pb2_grpc,
+    workflow_pb2,
+    workflow_pb2_grpc,
+)
 from tests.auth_helpers import HS_SECRET, ISSUER, Signer, auth_env, cli_key
 from tests.processes import Ports, Process, start_edge, start_server
 from tests.rpc_errors import error_info, expect_error
@@ -351,7 +367,8 @@ def _methods() -> list[tuple[str, MethodDescriptor, Rule]]:
 
 async def _call(
     channel: grpc.aio.Channel, path: str, method: MethodDescriptor, request: Message, metadata: Any
-) -> tuple[grpc.StatusCode, list[Message]]:
+) -> tuple[grpc.StatusCode, list[Message], str]:
+    """The call's status code, its replies and its error message."""
     response_class = GetMessageClass(method.output_type)
     kwargs: dict[str, Any] = {
         "request_serializer": lambda m: m.SerializeToString(),
@@ -360,11 +377,11 @@ async def _call(
     try:
         if method.server_streaming:
             call = channel.unary_stream(path, **kwargs)(request, metadata=metadata, timeout=10)
-            return Code.OK, [reply async for reply in call]
+            return Code.OK, [reply async for reply in call], ""
         reply = await channel.unary_unary(path, **kwargs)(request, metadata=metadata, timeout=10)
-        return Code.OK, [reply]
+        return Code.OK, [reply], ""
     except grpc.aio.AioRpcError as err:
-        return err.code(), []
+        return err.code(), [], err.details() or ""
 
 
 async def test_a_missing_scope_is_permission_denied_for_every_rpc(
@@ -378,19 +395,36 @@ async def test_a_missing_scope_is_permission_denied_for_every_rpc(
             continue
         key = agent_reader if rule.scope == "memory.read" else memory_reader
         request = GetMessageClass(method.input_type)()
-        code, _ = await _call(channel, path, method, request, creds(key))
+        code, _, _ = await _call(channel, path, method, request, creds(key))
         assert code == Code.PERMISSION_DENIED, f"{path} (needs {rule.scope}) gave {code.name}"
         checked += 1
     assert checked > 70
 
 
-ID_RESOURCES = {"agent_id": "agent", "session_id": "session", "run_id": "run", "tool_id": "tool"}
+ID_RESOURCES = {
+    "agent_id": "agent",
+    "session_id": "session",
+    "run_id": "run",
+    "tool_id": "tool",
+    "room_id": "room",
+    "workflow_id": "workflow",
+    "execution_id": "execution",
+    "memory_id": "memory",
+}
 SERVICE_RESOURCE = {
     "AgentService": "agent",
     "SessionService": "session",
     "ToolService": "tool",
     "PoolService": "agent",
+    "RoomService": "room",
+    "WorkflowService": "workflow",
+    "MemoryService": "working_entry",
 }
+# Required text fields get a harmless value, so that a call fails on the
+# other tenant's ids rather than on a missing field.
+FILLERS = {"message": "hello", "key": "k", "text": "hello", "query": "hello", "task": "hello"}
+# Calls that create something: the ids naming the new thing are left alone.
+CREATING = ("Create", "Add", "Set")
 
 
 def _aim_at(request: Message, service: str, owned: dict[str, str], own_id: bool = True) -> bool:
@@ -400,7 +434,7 @@ def _aim_at(request: Message, service: str, owned: dict[str, str], own_id: bool 
     Create, and the top-level proposed `x_id`."""
     aimed = False
     for field in request.DESCRIPTOR.fields:
-        proposal = not own_id and request.DESCRIPTOR.name.startswith("Create")
+        proposal = not own_id and request.DESCRIPTOR.name.startswith(CREATING)
         if field.type == FieldDescriptor.TYPE_STRING and not field.is_repeated and not proposal:
             resource = ID_RESOURCES.get(field.name) or (
                 SERVICE_RESOURCE.get(service) if field.name == "id" and own_id else None
@@ -408,15 +442,75 @@ def _aim_at(request: Message, service: str, owned: dict[str, str], own_id: bool 
             if resource in owned:
                 setattr(request, field.name, owned[resource])
                 aimed = True
-            elif field.name == "message":
-                request.message = "hello"  # type: ignore[attr-defined]
+            elif field.name in FILLERS:
+                setattr(request, field.name, FILLERS[field.name])
         elif field.type == FieldDescriptor.TYPE_MESSAGE and not field.is_repeated:
             nested = getattr(request, field.name)
+            if field.message_type.full_name == "google.protobuf.Value":
+                nested.string_value = "v"  # a required JSON value
             if field.message_type.full_name.startswith("aster.v1.") and _aim_at(
                 nested, service, owned, own_id
             ):
                 aimed = True
     return aimed
+
+
+async def _tenant_a_owns_one_of_everything(
+    channel: grpc.aio.Channel, metadata: Any, agent_id: str
+) -> dict[str, str]:
+    """A room, a workflow and its execution, a working-memory entry, a
+    semantic memory and a pooled agent of tenant a."""
+    rooms = room_pb2_grpc.RoomServiceStub(channel)
+    room = await rooms.CreateRoom(
+        room_pb2.CreateRoomRequest(
+            room=room_pb2.Room(
+                display_name="a's room",
+                members=[room_pb2.RoomMember(agent_id=agent_id, role="leader")],
+            )
+        ),
+        metadata=metadata,
+    )
+    workflows = workflow_pb2_grpc.WorkflowServiceStub(channel)
+    workflow = await workflows.CreateWorkflow(
+        workflow_pb2.CreateWorkflowRequest(
+            workflow=json_format.ParseDict(
+                {
+                    "display_name": "a's workflow",
+                    "steps": [
+                        {"name": "sign_off", "approval": {"prompt": "a's secret approval"}},
+                    ],
+                },
+                workflow_pb2.Workflow(),
+            )
+        ),
+        metadata=metadata,
+    )
+    execution = await workflows.ExecuteWorkflow(
+        workflow_pb2.ExecuteWorkflowRequest(workflow_id=workflow.id), metadata=metadata
+    )
+    memory = memory_pb2_grpc.MemoryServiceStub(channel)
+    entry = await memory.SetWorkingMemory(
+        memory_pb2.SetWorkingMemoryRequest(
+            entry=memory_pb2.WorkingMemoryEntry(
+                key="a-secret", value=struct_pb2.Value(string_value="a's value"), agent_id=agent_id
+            )
+        ),
+        metadata=metadata,
+    )
+    remembered = await memory.AddMemory(
+        memory_pb2.AddMemoryRequest(memory=memory_pb2.Memory(text="a's secret memory")),
+        metadata=metadata,
+    )
+    await pool_pb2_grpc.PoolServiceStub(channel).CreatePooledAgent(
+        pool_pb2.CreatePooledAgentRequest(agent_id=agent_id), metadata=metadata
+    )
+    return {
+        "room": room.id,
+        "workflow": workflow.id,
+        "execution": execution.id,
+        "working_entry": entry.id,
+        "memory": remembered.id,
+    }
 
 
 async def test_cross_tenant_matrix(secure: SecureStack, channel: grpc.aio.Channel) -> None:
@@ -445,22 +539,24 @@ async def test_cross_tenant_matrix(secure: SecureStack, channel: grpc.aio.Channe
         metadata=creds(a),
     )
     owned = {"agent": agent.id, "session": run.run.session_id, "run": run.run.id, "tool": tool.id}
+    owned.update(await _tenant_a_owns_one_of_everything(channel, creds(a), agent.id))
     tried = 0
     for path, method, rule in _methods():
         if rule.public or rule.scope == "admin":
             continue
         request = GetMessageClass(method.input_type)()
-        own_id = not method.name.startswith("Create")
+        own_id = not method.name.startswith(CREATING)
         if not _aim_at(request, method.containing_service.name, owned, own_id):
             continue
-        code, replies = await _call(channel, path, method, request, creds(b))
-        assert code in (Code.NOT_FOUND, Code.PERMISSION_DENIED, Code.UNIMPLEMENTED), (
-            f"{path} with tenant a's ids gave {code.name} to tenant b"
+        code, replies, message = await _call(channel, path, method, request, creds(b))
+        assert code in (Code.NOT_FOUND, Code.PERMISSION_DENIED), (
+            f"{path} with tenant a's ids gave {code.name} to tenant b: {message}"
         )
         text = "".join(str(r) for r in replies)
         for value in owned.values():
             assert value not in text, f"{path} leaked {value}"
         tried += 1
-    assert tried >= 25
+    print(f"cross-tenant calls tried: {tried}")
+    assert tried >= 60
     # Tenant A still sees all of it.
     assert (await agents.GetAgent(agent_pb2.GetAgentRequest(id=agent.id), metadata=creds(a))).id

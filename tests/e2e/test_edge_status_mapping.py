@@ -24,7 +24,6 @@ from aster.server.errors import (
     EtagMismatch,
     InvalidArgument,
     NotFound,
-    NotImplementedYet,
 )
 from aster.server.rpc.status import abort_with
 from aster.v1 import agent_pb2, agent_pb2_grpc
@@ -46,6 +45,11 @@ class ResourceExhausted(AsterError):
     reason = "RATE_LIMITED"
 
 
+class Unimplemented(AsterError):
+    code = "UNIMPLEMENTED"
+    reason = "NOT_IMPLEMENTED"
+
+
 ERRORS: dict[str, tuple[type[AsterError], int, int]] = {
     "not-found": (NotFound, 404, 5),
     "invalid-argument": (InvalidArgument, 400, 3),
@@ -54,7 +58,7 @@ ERRORS: dict[str, tuple[type[AsterError], int, int]] = {
     "unauthenticated": (Unauthenticated, 401, 16),
     "permission-denied": (PermissionDenied, 403, 7),
     "resource-exhausted": (ResourceExhausted, 429, 8),
-    "unimplemented": (NotImplementedYet, 501, 12),
+    "unimplemented": (Unimplemented, 501, 12),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -118,6 +119,49 @@ async def test_two_workers_share_the_port(tmp_path: Path, redis_url: str) -> Non
             await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{ports.metrics}/metrics")
         ).text
         assert 'grpc_server_handled_total{grpc_code="OK",grpc_method="CreateAgent"' in metrics
+    finally:
+        assert server.stop() == 0, server.log_tail()
+
+
+def worker_pids(parent: int) -> set[int]:
+    """The worker processes of a multi-worker server (not the helper
+    processes multiprocessing starts, such as its resource tracker)."""
+    workers = set()
+    for pid in child_pids(parent):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:
+            workers.add(pid)
+    return workers
+
+
+@pytest.mark.redis
+async def test_a_worker_that_dies_is_restarted(tmp_path: Path, redis_url: str) -> None:
+    ports = Ports()
+    server = start_server(ports, tmp_path, ASTER_WORKERS="2", ASTER_REDIS_URL=redis_url)
+    try:
+        before = worker_pids(server.popen.pid)
+        assert len(before) == 2
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            now = worker_pids(server.popen.pid)
+            if len(now) == 2 and victim not in now:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError(f"no replacement worker: {now}\n{server.log_tail()}")
+        await asyncio.to_thread(wait_grpc_healthy, server, ports.grpc)
+        for _ in range(6):
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
+                info = await system_pb2_grpc.SystemServiceStub(channel).GetInfo(
+                    system_pb2.GetInfoRequest()
+                )
+            assert info.workers == 2
+        assert "restarted a worker that died" in server.log_tail(400)
     finally:
         assert server.stop() == 0, server.log_tail()
 

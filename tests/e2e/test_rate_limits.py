@@ -12,7 +12,9 @@ from grpc_status import rpc_status
 
 from aster.v1 import agent_pb2, agent_pb2_grpc
 from tests.auth_helpers import Signer, auth_env, cli_key
+from tests.chat_helpers import scripted_agent, words
 from tests.processes import Ports, start_edge, start_server
+from tests.unit.limits.conftest import delete_prefix
 
 Code = grpc.StatusCode
 
@@ -123,3 +125,71 @@ async def test_quotas_name_themselves(tmp_path: Path) -> None:
             assert "max_agents" in (caught.value.details() or "")
     finally:
         assert server.stop() == 0
+
+
+async def chat(target: str, agent_id: str) -> list[str]:
+    """One chat to its end; the kinds of its events."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        agents = agent_pb2_grpc.AgentServiceStub(channel)
+        request = agent_pb2.ChatRequest(agent_id=agent_id, message="go")
+        return [event.WhichOneof("event") async for event in agents.Chat(request)]
+
+
+async def assert_token_quota_reached(target: str, agent_id: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await chat(target, agent_id)
+    assert caught.value.code() == Code.RESOURCE_EXHAUSTED
+    details = caught.value.details() or ""
+    assert "max_tokens_per_day=50" in details, details
+    assert "ASTER_QUOTA_MAX_TOKENS_PER_DAY" in details, details
+
+
+async def test_the_daily_token_quota_in_process(tmp_path: Path) -> None:
+    ports = Ports()
+    server = start_server(ports, tmp_path, ASTER_QUOTA_MAX_TOKENS_PER_DAY="50")
+    target = f"127.0.0.1:{ports.grpc}"
+    try:
+        async with grpc.aio.insecure_channel(target) as channel:
+            agent = await scripted_agent(
+                agent_pb2_grpc.AgentServiceStub(channel), script=[{"text": words(30)}]
+            )
+        # About 31-45 tokens each (30 words out): the first two fit under 50
+        # (the second starts at ~31 used), the third does not.
+        assert (await chat(target, agent.id))[-1] == "run_finished"
+        assert (await chat(target, agent.id))[-1] == "run_finished"
+        await assert_token_quota_reached(target, agent.id)
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.redis
+async def test_replicas_share_the_daily_token_quota_through_redis(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # Tenant "default" (auth off): start from a clean count, leave none.
+    delete_prefix(redis_url, "aster:quota:tokens:")
+    env = {
+        "ASTER_QUOTA_MAX_TOKENS_PER_DAY": "50",
+        "ASTER_REDIS_URL": redis_url,
+        "ASTER_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}",
+    }
+    first, second = Ports(), Ports()
+    servers = [start_server(first, tmp_path / "a", **env)]
+    servers.append(start_server(second, tmp_path / "b", **env))
+    a, b = f"127.0.0.1:{first.grpc}", f"127.0.0.1:{second.grpc}"
+    try:
+        async with grpc.aio.insecure_channel(a) as channel:
+            agent = await scripted_agent(
+                agent_pb2_grpc.AgentServiceStub(channel), script=[{"text": words(30)}]
+            )
+        # B reads the day's count first, then A's run is charged to it: B
+        # sees A's tokens only through the shared count (its own process
+        # has charged just its own run, under the quota).
+        assert (await chat(b, agent.id))[-1] == "run_finished"
+        assert (await chat(a, agent.id))[-1] == "run_finished"
+        await assert_token_quota_reached(b, agent.id)
+        await assert_token_quota_reached(a, agent.id)
+    finally:
+        for server in servers:
+            assert server.stop() == 0
+        delete_prefix(redis_url, "aster:quota:tokens:")
