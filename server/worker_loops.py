@@ -7,12 +7,16 @@ sends to every replica over the bus."""
 from __future__ import annotations
 
 import asyncio
+import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
 
 from aster.server.bus.base import EventBus
+
+_log = structlog.get_logger("aster.workers")
 
 
 async def repeat(
@@ -51,14 +55,27 @@ async def listen_for_stops(
                 stop(str(message[key]))
 
 
+# A stop repeated this long after the first one cancels the task again: the
+# first cancel was lost (a library swallowed it) and the task went on.
+RECANCEL_AFTER_S = 5.0
+_first_cancel: weakref.WeakKeyDictionary[asyncio.Task[Any], float] = weakref.WeakKeyDictionary()
+
+
 def cancel_task(tasks: Mapping[str, asyncio.Task[Any]], task_id: str) -> bool:
     """Cancels the task `task_id` if this process runs it and it has not
     ended; False otherwise."""
     task = tasks.get(task_id)
     if task is None or task.done():
         return False
+    now = time.monotonic()
+    first = _first_cancel.get(task)
     # Once is enough: a second cancel (the stop broadcast reaching this
     # process too) would land in the task's clean-up and cut it short.
-    if not task.cancelling():
+    if first is None:
+        _first_cancel[task] = now
+        task.cancel()
+    elif now - first >= RECANCEL_AFTER_S:
+        _log.warning("a stopped task is still running; cancelling it again", task=task.get_name())
+        _first_cancel[task] = now
         task.cancel()
     return True

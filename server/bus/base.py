@@ -48,8 +48,11 @@ class Subscription:
 
     async def get(self, wait_s: float | None = None) -> Message | Lagged | None:
         """The next message, LAGGED, or None after `wait_s` seconds."""
+        # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that
+        # arrives together with a message, and the cancelled task goes on.
         try:
-            item = await asyncio.wait_for(self._queue.get(), wait_s)
+            async with asyncio.timeout(wait_s):
+                item = await self._queue.get()
         except TimeoutError:
             return None
         if isinstance(item, Lagged):

@@ -33,6 +33,7 @@ class RedisPubSub:
         self._local = InProcessBus()
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._closing = False
 
     async def publish(self, topic: str, message: Message) -> None:
         """Sends `message` to every replica's subscribers of `topic`."""
@@ -63,13 +64,16 @@ class RedisPubSub:
                         await self._pubsub.unsubscribe(self._prefix + topic)
 
     async def _read(self) -> None:
-        while True:
+        # Not `while True`: a cancel redis-py loses would leave this running.
+        while not self._closing:
             try:
                 if not self._pubsub.subscribed:
                     await asyncio.sleep(0.05)
                     continue
                 raw = await self._pubsub.get_message(timeout=1.0)
             except (RedisError, OSError) as err:
+                if self._closing:
+                    return
                 # redis-py resubscribes on the next read once Redis is back.
                 _log.warning("redis pub/sub read failed; retrying", error=str(err))
                 await asyncio.sleep(0.5)
@@ -85,9 +89,11 @@ class RedisPubSub:
 
     async def close(self) -> None:
         """Stops the reader and closes the pub/sub connection."""
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-            self._reader = None
+        self._closing = True
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            # get_message returns within a second, so the loop sees
+            # `_closing` even if the cancel itself was lost.
+            await asyncio.wait({reader}, timeout=2.0)
         await self._pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -51,6 +51,8 @@ MAXLEN = 1000
 TTL_S = 3600
 # An XREAD with nothing to read returns after this (then blocks again).
 BLOCK_S = 5.0
+# How long closing waits for a reader to stop before cutting its connection.
+CLOSE_WAIT_S = 1.0
 # Entries read per stream per XREAD; at most MAXLEN, so that a reader behind
 # by more than Redis kept always reads a full batch and checks for trimming.
 COUNT = 500
@@ -110,6 +112,7 @@ class _Reader:
         self._wake_pending = False
         self._wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.failing = False
 
     def add(self, topic: str, state: _Topic) -> None:
@@ -135,7 +138,9 @@ class _Reader:
 
     async def _run(self) -> None:
         delay = RETRY_FIRST_S
-        while True:
+        # Not `while True`: redis-py can turn the cancel of a blocked XREAD
+        # into a connection error, which the retry below would swallow.
+        while not self._closing:
             if not self.topics:
                 self._wanted.clear()
                 await self._wanted.wait()
@@ -146,6 +151,8 @@ class _Reader:
                     self._recovered()
                 await self._read_once()
             except (RedisError, OSError) as err:
+                if self._closing:
+                    return
                 self._failed(err)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
@@ -216,11 +223,21 @@ class _Reader:
             state.lag()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._closing = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # A cancel that lands just as XREAD's reply arrives can be lost
+            # inside redis-py, leaving the task blocked for the block timeout;
+            # closing the connection ends that read at once.
+            if not (await asyncio.wait({task}, timeout=CLOSE_WAIT_S))[0]:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._conn.connection_pool.disconnect()
+                    if self._conn.connection is not None:
+                        await self._conn.connection.disconnect(nowait=True)
+                await asyncio.wait({task}, timeout=CLOSE_WAIT_S)
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                _log.warning("redis stream reader ended with an error", error=str(task.exception()))
         await self._conn.aclose()
 
 

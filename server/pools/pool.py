@@ -271,7 +271,8 @@ class AgentPool:
                         retry_after_s=1.0,
                     )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await self._changed.wait()
             self._reserved += 1
         if victim is not None:
             self._counters[victim.tenant].evictions += 1
@@ -338,7 +339,8 @@ class AgentPool:
                 if remaining <= 0:
                     return False
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await self._changed.wait()
         return True
 
     async def sweep(self) -> None:

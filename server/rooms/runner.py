@@ -57,7 +57,8 @@ class RoomRunner:
             asyncio.create_task(self._every(self.lease_s / 3, self._renew), name="room-leases"),
             asyncio.create_task(self._every(self.lease_s / 2, self._sweep), name="room-sweep"),
         ]
-        await asyncio.wait_for(self._listening.wait(), 10)
+        async with asyncio.timeout(10):
+            await self._listening.wait()
 
     async def _every(self, interval_s: float, work: Callable[[], Awaitable[None]]) -> None:
         await repeat(interval_s, work, log=_log, what="room run")

@@ -43,7 +43,7 @@ from aster.server.sessions.models import Checkpoint, Message, ToolCallRecord
 from aster.server.storage.run_repository import RunRepository
 from aster.server.storage.session_repository import RunAttemptStale, SessionRepository
 from aster.server.tools.call_context import ToolCallContext, tool_call_scope
-from aster.server.worker_loops import listen_for_stops, repeat
+from aster.server.worker_loops import cancel_task, listen_for_stops, repeat
 
 _log = structlog.get_logger("aster.runs")
 CONTROL_TOPIC = "control"
@@ -126,7 +126,6 @@ class RunExecutor:
         self._limits = limits
         self._pool = pool
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._cancelled: set[str] = set()
         # Runs this worker is executing (it holds their lease): their attempt.
         self._executing: dict[str, int] = {}
         # Runs this worker lost to another attempt: they end without a trace.
@@ -158,7 +157,8 @@ class RunExecutor:
                 self._every(self._lease.lease_s / 2, self._rescue), name="run-rescue"
             ),
         ]
-        await asyncio.wait_for(self._listening.wait(), 10)
+        async with asyncio.timeout(10):
+            await self._listening.wait()
 
     async def _every(self, interval_s: float, work: Callable[[], Awaitable[None]]) -> None:
         await repeat(interval_s, work, log=_log, what="run worker")
@@ -225,20 +225,13 @@ class RunExecutor:
             if self._tasks.get(run.id) is finished:
                 del self._tasks[run.id]
                 self._fenced.discard(run.id)
-                self._cancelled.discard(run.id)
 
         task.add_done_callback(done)
 
     def cancel_local(self, run_id: str) -> bool:
         """Cancels the run if this process executes it (once: a second
         cancel must not interrupt the run's finishing steps)."""
-        task = self._tasks.get(run_id)
-        if task is None or task.done() or run_id in self._cancelled:
-            return False
-        self._cancelled.add(run_id)
-        task.add_done_callback(lambda _: self._cancelled.discard(run_id))
-        task.cancel()
-        return True
+        return cancel_task(self._tasks, run_id)
 
     async def cancel_everywhere(self, run_id: str) -> None:
         """Cancels the run on whichever replica executes or waits for it."""

@@ -65,7 +65,8 @@ class ExecutionWorker:
             asyncio.create_task(self._every(lease_s / 3, self._renew), name="wf-leases"),
             asyncio.create_task(self._every(lease_s / 2, self._rescue), name="wf-rescue"),
         ]
-        await asyncio.wait_for(self._listening.wait(), 10)
+        async with asyncio.timeout(10):
+            await self._listening.wait()
 
     async def _every(self, interval_s: float, work: Callable[[], Awaitable[None]]) -> None:
         await repeat(interval_s, work, log=_log, what="workflow worker")

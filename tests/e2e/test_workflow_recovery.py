@@ -319,12 +319,19 @@ async def test_suspend_and_cancel_reach_the_replica_driving_the_execution(
 
 
 async def wait_run(agents: agent_pb2_grpc.AgentServiceAsyncStub, run_id: str, status: int) -> None:
-    async with asyncio.timeout(15):
-        while True:
-            run = await agents.GetRun(agent_pb2.GetRunRequest(run_id=run_id))
-            if run.status == status:
-                return
-            await asyncio.sleep(0.05)
+    run = run_pb2.Run()
+    try:
+        async with asyncio.timeout(15):
+            while True:
+                run = await agents.GetRun(agent_pb2.GetRunRequest(run_id=run_id))
+                if run.status == status:
+                    return
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        pytest.fail(
+            f"run {run_id} is {run_pb2.RunStatus.Name(run.status)} after 15 s, "
+            f"not {run_pb2.RunStatus.Name(status)}"
+        )
 
 
 async def wait_run_id(
