@@ -89,6 +89,7 @@ def _create_engine(url: str) -> AsyncEngine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine.pool, "invalidate", _roll_back_in_driver_thread)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
@@ -101,3 +102,23 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _roll_back_in_driver_thread(dbapi_connection: Any, _record: Any, _error: Any) -> None:
+    """Queues a rollback on an invalidated SQLite connection's own thread.
+
+    SQLAlchemy invalidates a connection whose statement was interrupted
+    (a task cancelled mid-transaction) and closes it in the background. When
+    the task is cancelled again during that close, aiosqlite can drop its
+    sqlite3 connection without closing it, and an open write transaction then
+    keeps the database locked for every other writer. aiosqlite runs one
+    thread per connection that executes queued calls in order, so a rollback
+    queued now runs right after the interrupted statement, whatever happens
+    to the close. (This reaches into aiosqlite's queue: it has no public way
+    to do it.)"""
+    driver = getattr(dbapi_connection, "_connection", None)
+    sqlite_connection = getattr(driver, "_connection", None)
+    calls = getattr(driver, "_tx", None)
+    if sqlite_connection is None or calls is None:
+        return
+    calls.put_nowait((None, sqlite_connection.rollback))

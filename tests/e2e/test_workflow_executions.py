@@ -303,16 +303,9 @@ async def test_suspend_resume_with_input_and_retry_policy(
 
 
 async def test_cancel_during_a_parallel_step_cancels_every_branch(
-    request: pytest.FixtureRequest,
     stubs: tuple[workflow_pb2_grpc.WorkflowServiceAsyncStub, agent_pb2_grpc.AgentServiceAsyncStub],
     rest: httpx.AsyncClient,
 ) -> None:
-    if request.node.callspec.params.get("any_stack") == "sqlite":
-        pytest.skip(
-            "KNOWN BUG, not fixed: on SQLite, cancelling an execution during a parallel "
-            "step of agent steps can leave the database locked, which then blocks every "
-            "writer of the shared test server; the PostgreSQL variant runs"
-        )
     workflows, agents = stubs
     slow = await scripted_agent(agents, script=[{"text": words(300)}], delay_ms=30)
     workflow = await create_workflow(
