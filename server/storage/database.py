@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import structlog
 from sqlalchemy import event, exc
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -17,6 +18,8 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from aster.server.errors import Unavailable
+
+_log = structlog.get_logger("aster.storage")
 
 
 class Database:
@@ -43,7 +46,12 @@ class Database:
                 yield session
                 committed = True
             finally:
-                await asyncio.shield(asyncio.ensure_future(_end(session, committed)))
+                ending = asyncio.ensure_future(_end(session, committed))
+                try:
+                    await asyncio.shield(ending)
+                except asyncio.CancelledError:
+                    ending.add_done_callback(_report_unawaited_end)
+                    raise
         except exc.DBAPIError as err:
             if err.connection_invalidated or self._is_outage(err):
                 raise Unavailable(f"the database is unavailable: {err.orig!s:.200}") from err
@@ -70,6 +78,16 @@ class Database:
     async def close(self) -> None:
         """Closes every pooled connection."""
         await self.engine.dispose()
+
+
+def _report_unawaited_end(ending: asyncio.Future[None]) -> None:
+    """Logs how a transaction whose task was cancelled while it ended
+    finished, since nobody awaits that outcome any more."""
+    if ending.cancelled():
+        return
+    error = ending.exception()
+    if error is not None:
+        _log.warning("ending the transaction of a cancelled task failed", error=str(error))
 
 
 async def _end(session: AsyncSession, commit: bool) -> None:
