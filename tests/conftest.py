@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,17 +58,65 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     assert server.stop() == 0, server.log_tail()
 
 
+DatabaseFor = Callable[[str], dict[str, str]]
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def database_for(request: pytest.FixtureRequest) -> DatabaseFor:
+    """For each database in turn, the server environment that puts a named
+    server on it: SQLite in its data dir (no setting), or a fresh PostgreSQL
+    database of that name, shared with no other server."""
+    if request.param == "sqlite":
+        return lambda name: {}
+    postgres_url: str = request.getfixturevalue("postgres_url")
+    return lambda name: {"ASTER_DATABASE_URL": fresh_postgres_database(postgres_url, name)}
+
+
+@pytest.fixture(scope="module")
+def pg_stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[Stack]:
+    """One server on PostgreSQL (a fresh database of its own) and its edge, per module."""
+    data_dir = tmp_path_factory.mktemp("pg-stack")
+    url = fresh_postgres_database(postgres_url, "stack")
+    ports = Ports()
+    server = start_server(ports, data_dir, ASTER_DATABASE_URL=url)
+    try:
+        edge = start_edge(ports, data_dir)
+    except BaseException:
+        server.stop()
+        raise
+    yield Stack(ports, data_dir, server, edge)
+    edge.stop()
+    assert server.stop() == 0, server.log_tail()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def any_stack(request: pytest.FixtureRequest) -> Stack:
+    """The SQLite stack, then the PostgreSQL one."""
+    name = "stack" if request.param == "sqlite" else "pg_stack"
+    stack: Stack = request.getfixturevalue(name)
+    return stack
+
+
 @pytest.fixture
-async def channel(stack: Stack) -> AsyncIterator[grpc.aio.Channel]:
+def stack_under_test(stack: Stack) -> Stack:
+    """The stack that `channel` and `http` talk to: the SQLite one. A module
+    overrides this with `any_stack` to run its tests on both databases."""
+    return stack
+
+
+@pytest.fixture
+async def channel(stack_under_test: Stack) -> AsyncIterator[grpc.aio.Channel]:
     """An asyncio channel to the stack's gRPC port."""
-    async with grpc.aio.insecure_channel(stack.grpc_target) as chan:
+    async with grpc.aio.insecure_channel(stack_under_test.grpc_target) as chan:
         yield chan
 
 
 @pytest.fixture
-async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+async def http(stack_under_test: Stack) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client for the stack's REST edge."""
-    async with httpx.AsyncClient(base_url=stack.http_base, timeout=10) as client:
+    async with httpx.AsyncClient(base_url=stack_under_test.http_base, timeout=10) as client:
         yield client
 
 
@@ -88,6 +136,30 @@ def _postgres_reachable(url: str) -> str | None:
         return None
     except Exception as err:
         return f"{type(err).__name__}: {err}"
+
+
+def fresh_postgres_database(url: str, name: str) -> str:
+    """Re-creates database `<url's database>_<name>` on the server of `url`
+    and returns its URL, so that a server under test has a database no other
+    test resets or shares."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url)
+    database = f"{base.database}_{name}"
+    admin_dsn = base.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def recreate() -> None:
+        conn = await asyncpg.connect(admin_dsn, timeout=10)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            await conn.execute(f'CREATE DATABASE "{database}"')
+        finally:
+            await conn.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, recreate()).result()
+    return base.set(database=database).render_as_string(hide_password=False)
 
 
 def _redis_reachable(url: str) -> str | None:

@@ -29,6 +29,12 @@ Code = grpc.StatusCode
 
 
 @pytest.fixture
+def stack_under_test(any_stack: Stack) -> Stack:
+    """Every test here that uses `channel` or `http` runs on SQLite and on PostgreSQL."""
+    return any_stack
+
+
+@pytest.fixture
 def memory(channel: grpc.aio.Channel) -> memory_pb2_grpc.MemoryServiceStub:
     return memory_pb2_grpc.MemoryServiceStub(channel)
 
@@ -227,12 +233,12 @@ async def test_remember_and_recall_builtins_fill_provenance(
 
 
 async def test_auto_recall_puts_memories_in_the_context(
-    stack: Stack,
+    stack_under_test: Stack,
     memory: memory_pb2_grpc.MemoryServiceStub,
     agents: agent_pb2_grpc.AgentServiceStub,
 ) -> None:
     key = "sk-" + uuid.uuid4().hex
-    secrets = stack.data_dir / "secrets"
+    secrets = stack_under_test.data_dir / "secrets"
     secrets.mkdir(exist_ok=True)
     (secrets / "fake-model-key").write_text(key)
     with FakeModelServer(expected_api_key=key) as fake:

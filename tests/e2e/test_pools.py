@@ -26,6 +26,7 @@ from aster.v1 import (
 )
 from tests.auth_helpers import cli_key
 from tests.chat_helpers import event_from_json, scripted_agent, sse_events, text_of
+from tests.conftest import DatabaseFor
 from tests.processes import Ports, Process, start_edge, start_server
 from tests.rpc_errors import error_info, expect_error
 
@@ -82,17 +83,25 @@ def _stop(stack: PoolStack) -> None:
 
 
 @pytest.fixture(scope="module")
-def idle_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolStack]:
+def idle_stack(
+    tmp_path_factory: pytest.TempPathFactory, database_for: DatabaseFor
+) -> Iterator[PoolStack]:
     """Agents hibernate after one idle second."""
     stack = _start(
-        tmp_path_factory.mktemp("pool-idle"), [], ASTER_POOL_IDLE_S="1", ASTER_POOL_MAX_AGENTS="10"
+        tmp_path_factory.mktemp("pool-idle"),
+        [],
+        ASTER_POOL_IDLE_S="1",
+        ASTER_POOL_MAX_AGENTS="10",
+        **database_for("pool_idle"),
     )
     yield stack
     _stop(stack)
 
 
 @pytest.fixture(scope="module")
-def tight_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolStack]:
+def tight_stack(
+    tmp_path_factory: pytest.TempPathFactory, database_for: DatabaseFor
+) -> Iterator[PoolStack]:
     """Two live agents at most, with API keys of three tenants."""
     stack = _start(
         tmp_path_factory.mktemp("pool-tight"),
@@ -100,13 +109,16 @@ def tight_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolStack]
         ASTER_POOL_MAX_AGENTS="2",
         ASTER_POOL_IDLE_S="600",
         ASTER_POOL_ADMISSION_TIMEOUT_S="1",
+        **database_for("pool_tight"),
     )
     yield stack
     _stop(stack)
 
 
 @pytest.fixture(scope="module")
-def single_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolStack]:
+def single_stack(
+    tmp_path_factory: pytest.TempPathFactory, database_for: DatabaseFor
+) -> Iterator[PoolStack]:
     """One live agent at most; runs wait one second for it."""
     stack = _start(
         tmp_path_factory.mktemp("pool-single"),
@@ -114,6 +126,7 @@ def single_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolStack
         ASTER_POOL_MAX_AGENTS="1",
         ASTER_POOL_IDLE_S="600",
         ASTER_POOL_ADMISSION_TIMEOUT_S="1",
+        **database_for("pool_single"),
     )
     yield stack
     _stop(stack)

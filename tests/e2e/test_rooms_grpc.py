@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from aster.v1 import agent_pb2_grpc, room_pb2, room_pb2_grpc, run_pb2
+from tests.conftest import Stack
 from tests.e2e.rooms_helpers import (
     LEADER,
     OBSERVER,
@@ -22,6 +23,12 @@ from tests.e2e.rooms_helpers import (
 )
 
 COMPLETED = run_pb2.RUN_STATUS_COMPLETED
+
+
+@pytest.fixture
+def stack_under_test(any_stack: Stack) -> Stack:
+    """Every test here that uses `channel` or `http` runs on SQLite and on PostgreSQL."""
+    return any_stack
 
 
 @pytest.fixture

@@ -8,10 +8,18 @@ from typing import Any
 
 import grpc
 import httpx
+import pytest
 from google.protobuf import json_format
 
 from aster.v1 import agent_pb2_grpc, room_pb2
 from tests.chat_helpers import scripted_agent, sse_events
+from tests.conftest import Stack
+
+
+@pytest.fixture
+def stack_under_test(any_stack: Stack) -> Stack:
+    """Every test here that uses `channel` or `http` runs on SQLite and on PostgreSQL."""
+    return any_stack
 
 
 async def _events(http: httpx.AsyncClient, room_id: str, **params: Any) -> list[dict[str, Any]]:

@@ -11,13 +11,17 @@ import pytest
 
 from aster.v1 import agent_pb2, agent_pb2_grpc, room_pb2, room_pb2_grpc, run_pb2
 from tests.auth_helpers import Signer, auth_env
+from tests.conftest import DatabaseFor
 from tests.e2e.rooms_helpers import LEADER, WORKER, agent, room
 from tests.processes import Ports, start_server
 
 
-async def test_a_room_survives_a_crash_and_its_run_is_marked_failed(tmp_path: Path) -> None:
+async def test_a_room_survives_a_crash_and_its_run_is_marked_failed(
+    tmp_path: Path, database_for: DatabaseFor
+) -> None:
+    env = {"ASTER_RUN_LEASE_S": "2", **database_for("rooms_restart")}
     ports = Ports()
-    server = start_server(ports, tmp_path, ASTER_RUN_LEASE_S="2")
+    server = start_server(ports, tmp_path, **env)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
         agents = agent_pb2_grpc.AgentServiceStub(channel)
         rooms = room_pb2_grpc.RoomServiceStub(channel)
@@ -30,7 +34,7 @@ async def test_a_room_survives_a_crash_and_its_run_is_marked_failed(tmp_path: Pa
     server.popen.send_signal(signal.SIGKILL)
     server.popen.wait(10)
     server.stop()
-    restarted = start_server(ports, tmp_path, ASTER_RUN_LEASE_S="2")
+    restarted = start_server(ports, tmp_path, **env)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
             rooms = room_pb2_grpc.RoomServiceStub(channel)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,8 @@ from aster.v1 import workflow_pb2 as wp
 from tests.auth_helpers import Signer, auth_env
 from tests.chat_helpers import scripted_agent, words
 from tests.conftest import Stack
-from tests.processes import Ports, start_edge, start_server
+from tests.processes import Ports, start_server
 from tests.rpc_errors import expect_error
-from tests.unit.storage.conftest import _reset_postgres
 from tests.unit.tools.conftest import Endpoint, endpoint, endpoint_server  # noqa: F401
 from tests.workflow_helpers import (
     COMPLETED,
@@ -38,33 +37,6 @@ from tests.workflow_helpers import (
 
 Code = grpc.StatusCode
 WAITING_APPROVAL = wp.EXECUTION_STATE_WAITING_APPROVAL
-
-
-@pytest.fixture(scope="module")
-def pg_stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[Stack]:
-    """A server on PostgreSQL and its edge, for this module."""
-    import asyncio as aio
-
-    aio.run(_reset_postgres(postgres_url))
-    data_dir = tmp_path_factory.mktemp("pg-stack")
-    ports = Ports()
-    server = start_server(ports, data_dir, ASTER_DATABASE_URL=postgres_url)
-    try:
-        edge = start_edge(ports, data_dir)
-    except BaseException:
-        server.stop()
-        raise
-    yield Stack(ports, data_dir, server, edge)
-    edge.stop()
-    assert server.stop() == 0, server.log_tail()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def any_stack(request: pytest.FixtureRequest) -> Stack:
-    """The SQLite stack, then the PostgreSQL one."""
-    name = "stack" if request.param == "sqlite" else "pg_stack"
-    stack: Stack = request.getfixturevalue(name)
-    return stack
 
 
 @pytest.fixture

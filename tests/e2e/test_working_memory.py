@@ -27,10 +27,17 @@ from aster.v1 import (
 )
 from tests.auth_helpers import Signer, auth_env
 from tests.chat_helpers import scripted_agent
+from tests.conftest import Stack
 from tests.processes import Ports, Process, start_edge, start_server
 from tests.rpc_errors import error_info, expect_error
 
 Code = grpc.StatusCode
+
+
+@pytest.fixture
+def stack_under_test(any_stack: Stack) -> Stack:
+    """Every test here that uses `channel` or `http` runs on SQLite and on PostgreSQL."""
+    return any_stack
 
 
 @pytest.fixture
