@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -440,6 +441,20 @@ async def prune_events(runs: RunService, executions: ExecutionService, retention
         await asyncio.sleep(interval)
 
 
+async def drain(stop: asyncio.Event, drain_s: float) -> None:
+    """Keeps serving for `drain_s` while health says NOT_SERVING, so that
+    balancers stop sending calls before the server refuses them: gRPC cancels
+    calls that reached a stopping server before any handler took them
+    (grpc/grpc#41785), and a client sees those as CANCELLED. A second signal
+    ends the drain at once."""
+    if drain_s <= 0:
+        return
+    stop.clear()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(drain_s):
+            await stop.wait()
+
+
 async def run_server(
     settings: Settings,
     *,
@@ -499,9 +514,11 @@ async def run_server(
     try:
         await stop.wait()
     finally:
-        _log.info("shutting down", grace_s=settings.shutdown_grace_s)
+        drain_s = settings.shutdown_drain_seconds
+        _log.info("shutting down", drain_s=drain_s, grace_s=settings.shutdown_grace_s)
         await health_servicer.enter_graceful_shutdown()
         components.executor.stop_taking_runs()
+        await drain(stop, drain_s)
         pruning.cancel()
         purging.cancel()
         readiness.cancel()

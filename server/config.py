@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     # refuses a schema that is not exactly its own; run `aster db upgrade`.
     auto_migrate: bool = True
     shutdown_grace_s: float = Field(10.0, ge=0)
+    # Seconds a stopping server keeps serving while its health says
+    # NOT_SERVING; unset means 0 in development, 5 in production.
+    shutdown_drain_s: float | None = Field(None, ge=0, le=300)
     workers: int = Field(1, ge=1, le=64)
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     # Files named by an agent's `model.api_key.file` live here (default:
@@ -216,6 +219,14 @@ class Settings(BaseSettings):
         if self.reflection is not None:
             return self.reflection
         return self.mode is Mode.DEVELOPMENT
+
+    @property
+    def shutdown_drain_seconds(self) -> float:
+        """The drain before a stop: long enough, in production, for a balancer
+        that health-checks every 2 s (`aster edge`) to stop sending new calls."""
+        if self.shutdown_drain_s is not None:
+            return self.shutdown_drain_s
+        return 5.0 if self.mode is Mode.PRODUCTION else 0.0
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -226,3 +226,13 @@ def test_access_log_is_json_and_never_names_credentials() -> None:
     assert "api-key" not in text
     assert "%req(" in text  # headers are named one by one, never all of them
     assert "%request_headers" not in text
+
+
+def test_replicas_are_health_checked_every_two_seconds_from_the_start() -> None:
+    config = yaml.safe_load(rendered(upstreams="10.0.0.1:50051,10.0.0.2:50051"))
+    (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "aster_grpc"]
+    (check,) = cluster["health_checks"]
+    # Without no_traffic_interval a new edge checks every 60 s until it has
+    # carried traffic, and keeps that timer: a draining replica goes unseen.
+    assert check["interval"] == check["no_traffic_interval"] == "2s"
+    assert check["grpc_health_check"] == {"service_name": ""}

@@ -357,11 +357,13 @@ RETRIES = 2
 
 
 def _retried_route() -> dict[str, Any]:
+    # `cancelled` too: a stopping server cancels the calls it had not yet
+    # handed to a handler (grpc/grpc#41785); a read is safe to send again.
     return {
         "cluster": "aster_grpc",
         "timeout": f"{UNARY_TIMEOUT_S}s",
         "retry_policy": {
-            "retry_on": "unavailable,reset,connect-failure,refused-stream",
+            "retry_on": "unavailable,cancelled,reset,connect-failure,refused-stream",
             "num_retries": RETRIES,
             "retry_host_predicate": [
                 {

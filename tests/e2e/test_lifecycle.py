@@ -77,6 +77,48 @@ async def test_graceful_shutdown_reports_not_serving_then_exits_zero(tmp_path: P
     assert '"stopped"' in server.log_path.read_text()
 
 
+async def test_the_drain_keeps_serving_while_health_says_not_serving(tmp_path: Path) -> None:
+    ports = Ports()
+    server = start_server(ports, tmp_path, ASTER_SHUTDOWN_DRAIN_S="3", ASTER_SHUTDOWN_GRACE_S="1")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        agents = agent_pb2_grpc.AgentServiceStub(channel)
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+        assert (await watch.read()).status == SERVING
+        started = time.monotonic()
+        server.popen.send_signal(signal.SIGTERM)
+        assert (await asyncio.wait_for(watch.read(), 5)).status == NOT_SERVING
+        # Draining: health says NOT_SERVING, yet new calls are still served.
+        served = 0
+        while time.monotonic() - started < 2:
+            created = await agents.CreateAgent(
+                agent_pb2.CreateAgentRequest(agent=agent_pb2.Agent(display_name="drain")),
+                timeout=2,
+            )
+            assert created.id
+            served += 1
+            await asyncio.sleep(0.2)
+        assert served >= 5
+    code = server.popen.wait(15)
+    elapsed = time.monotonic() - started
+    assert code == 0, server.log_tail()
+    assert 3 <= elapsed < 3 + 1 + 5, elapsed
+
+
+async def test_a_second_signal_ends_the_drain(tmp_path: Path) -> None:
+    ports = Ports()
+    server = start_server(ports, tmp_path, ASTER_SHUTDOWN_DRAIN_S="60")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+        assert (await watch.read()).status == SERVING
+        server.popen.send_signal(signal.SIGTERM)
+        assert (await asyncio.wait_for(watch.read(), 5)).status == NOT_SERVING
+        started = time.monotonic()
+        server.popen.send_signal(signal.SIGINT)
+    assert server.popen.wait(15) == 0, server.log_tail()
+    assert time.monotonic() - started < 10
+
+
 def test_several_workers_need_redis(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "aster.server.cli", "serve"],

@@ -59,7 +59,15 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Cluster]:
+def cluster_env() -> dict[str, str]:
+    """Settings of the replicas beyond the cluster's own; a test overrides it."""
+    return {}
+
+
+@pytest.fixture
+def cluster(
+    tmp_path: Path, postgres_url: str, redis_url: str, cluster_env: dict[str, str]
+) -> Iterator[Cluster]:
     asyncio.run(_reset_postgres(postgres_url))
     env = {
         "ASTER_DATABASE_URL": postgres_url,
@@ -68,6 +76,7 @@ def cluster(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Clust
         "ASTER_QUEUE_POLL_S": "0.2",
         "ASTER_AUTO_MIGRATE": "false",
         "ASTER_LOG_LEVEL": "warning",
+        **cluster_env,
     }
     ports = [Ports() for _ in range(3)]
     upgrade = subprocess.run(
@@ -410,7 +419,10 @@ async def test_a_redis_restart_loses_nothing(
         await _reset_postgres(postgres_url)
 
 
-async def test_a_rolling_restart_fails_no_read(
+# Each replica drains (NOT_SERVING, still serving) until the edge's health
+# checks, every 2 s, have taken it out of the rotation.
+@pytest.mark.parametrize("cluster_env", [{"ASTER_SHUTDOWN_DRAIN_S": "5"}])
+async def test_a_rolling_restart_fails_no_call(
     cluster: Cluster, agents0: agent_pb2_grpc.AgentServiceStub
 ) -> None:
     agent = await scripted_agent(agents0)
@@ -418,25 +430,34 @@ async def test_a_rolling_restart_fails_no_read(
     calls = 0
     stop = asyncio.Event()
 
-    async def load() -> None:
+    async def load(write: bool) -> None:
+        """Reads (GetAgent, which the edge may retry) or writes (UpdateAgent,
+        which it never retries), one after another."""
         nonlocal calls
         async with httpx.AsyncClient(base_url=cluster.edge_url, timeout=10) as http:
             while not stop.is_set():
-                response = await http.get(f"/v1/agents/{agent.id}")
+                if write:
+                    response = await http.patch(
+                        f"/v1/agents/{agent.id}",
+                        params={"update_mask": "description"},
+                        json={"description": f"call {calls}"},
+                    )
+                else:
+                    response = await http.get(f"/v1/agents/{agent.id}")
                 calls += 1
                 if response.status_code != 200:
                     failures.append(f"{response.status_code} {response.text[:120]}")
                 await asyncio.sleep(0.01)
 
-    loader = asyncio.create_task(load())
+    loaders = [asyncio.create_task(load(write)) for write in (False, True)]
     try:
         for index in range(3):
             await asyncio.to_thread(cluster.restart, index)
             await asyncio.sleep(3)  # the edge's health check sees it back
     finally:
         stop.set()
-        await loader
-    print(f"\nfault 7: unary calls={calls} failed={len(failures)} during 3 restarts")
+        await asyncio.gather(*loaders)
+    print(f"\nfault 7: unary calls={calls} (reads, writes) failed={len(failures)} in 3 restarts")
     assert calls > 100
     assert not failures, failures[:5]
 

@@ -410,13 +410,17 @@ def test_shutdown_drains_within_the_grace_period(name: str) -> None:
     objects = built(name)
     deployment = find(objects, "Deployment", SERVER)
     server = container(objects, "Deployment", SERVER)
-    grace = float(effective_env(objects, server)["ASTER_SHUTDOWN_GRACE_S"])
+    env = effective_env(objects, server)
+    grace = float(env["ASTER_SHUTDOWN_GRACE_S"])
+    drain = float(env["ASTER_SHUTDOWN_DRAIN_S"])
     pre_stop = _sleep_seconds(server)
     # Long enough for the endpoint removal and Envoy's DNS refresh (5 s).
     assert pre_stop >= 5
-    # The preStop sleep and the server's own grace, with room to close.
+    # Longer than two of the edge's 2 s health checks.
+    assert drain >= 4
+    # The preStop sleep, the drain and the server's own grace, with room to close.
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= (
-        pre_stop + grace + 5
+        pre_stop + drain + grace + 5
     )
     edge_deployment = find(objects, "Deployment", EDGE)
     edge_sleep = _sleep_seconds(container(objects, "Deployment", EDGE))

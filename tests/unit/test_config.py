@@ -57,3 +57,10 @@ def test_upstreams_parse() -> None:
     assert settings.upstream_addresses == [("a", 1), ("b", 2)]
     with pytest.raises(ValueError, match="host:port"):
         _ = Settings(upstreams="nohost").upstream_addresses
+
+
+def test_production_mode_drains_five_seconds_by_default() -> None:
+    production = {"mode": "production", "auth_mode": "api_key"}
+    assert Settings(**production).shutdown_drain_seconds == 5  # type: ignore[arg-type]
+    assert Settings(**production, shutdown_drain_s=0).shutdown_drain_seconds == 0  # type: ignore[arg-type]
+    assert Settings().shutdown_drain_seconds == 0
