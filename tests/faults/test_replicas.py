@@ -76,6 +76,8 @@ def cluster(
         "ASTER_QUEUE_POLL_S": "0.2",
         "ASTER_AUTO_MIGRATE": "false",
         "ASTER_LOG_LEVEL": "warning",
+        # `make soak` queues more runs at once than the default quota (100).
+        "ASTER_QUOTA_MAX_CONCURRENT_RUNS": "0",
         **cluster_env,
     }
     ports = [Ports() for _ in range(3)]
@@ -370,6 +372,7 @@ async def test_a_redis_restart_loses_nothing(
         "ASTER_REDIS_URL": own_redis.url,
         "ASTER_RUN_LEASE_S": LEASE_S,
         "ASTER_LOG_LEVEL": "warning",
+        "ASTER_QUOTA_MAX_CONCURRENT_RUNS": "0",
     }
     ports = [Ports(), Ports()]
     replicas = [start_server(p, tmp_path / f"r{i}", **env) for i, p in enumerate(ports)]
