@@ -42,12 +42,10 @@ class Stack:
         return f"http://127.0.0.1:{self.ports.http}"
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One server (SQLite) and one Envoy for the whole test session."""
-    data_dir = tmp_path_factory.mktemp("stack")
+def _serve_stack(data_dir: Path, **env: str) -> Iterator[Stack]:
+    """A server and its edge until the generator is closed, then both stopped."""
     ports = Ports()
-    server = start_server(ports, data_dir)
+    server = start_server(ports, data_dir, **env)
     try:
         edge = start_edge(ports, data_dir)
     except BaseException:
@@ -56,6 +54,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     yield Stack(ports, data_dir, server, edge)
     edge.stop()
     assert server.stop() == 0, server.log_tail()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One server (SQLite) and one Envoy for the whole test session."""
+    yield from _serve_stack(tmp_path_factory.mktemp("stack"))
 
 
 DatabaseFor = Callable[[str], dict[str, str]]
@@ -77,18 +81,8 @@ def database_for(request: pytest.FixtureRequest) -> DatabaseFor:
 @pytest.fixture(scope="module")
 def pg_stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[Stack]:
     """One server on PostgreSQL (a fresh database of its own) and its edge, per module."""
-    data_dir = tmp_path_factory.mktemp("pg-stack")
     url = fresh_postgres_database(postgres_url, "stack")
-    ports = Ports()
-    server = start_server(ports, data_dir, ASTER_DATABASE_URL=url)
-    try:
-        edge = start_edge(ports, data_dir)
-    except BaseException:
-        server.stop()
-        raise
-    yield Stack(ports, data_dir, server, edge)
-    edge.stop()
-    assert server.stop() == 0, server.log_tail()
+    yield from _serve_stack(tmp_path_factory.mktemp("pg-stack"), ASTER_DATABASE_URL=url)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
