@@ -10,6 +10,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 from redis import asyncio as aioredis
@@ -96,4 +97,6 @@ class RedisPubSub:
             # get_message returns within a second, so the loop sees
             # `_closing` even if the cancel itself was lost.
             await asyncio.wait({reader}, timeout=2.0)
-        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        # redis-py types aclose() in some releases and not in others.
+        pubsub: Any = self._pubsub
+        await pubsub.aclose()
