@@ -141,12 +141,20 @@ class SessionRepository:
         run is the current, running one (fencing: raises RunAttemptStale)."""
         async with self._db.session() as db:
             if attempt is not None:
-                current = await db.scalar(
-                    select(RunRow.attempt).where(
-                        RunRow.id == message.run_id, RunRow.status == "RUNNING"
+                # A no-op UPDATE, not a SELECT: it locks the run's row until
+                # this message commits, so a rescue that bumps the attempt
+                # (and then deactivates the old attempt's messages) waits for
+                # it instead of slipping in between the check and the insert.
+                held = await db.execute(
+                    update(RunRow)
+                    .where(
+                        RunRow.id == message.run_id,
+                        RunRow.attempt == attempt,
+                        RunRow.status == "RUNNING",
                     )
+                    .values(attempt=RunRow.attempt)
                 )
-                if current != attempt:
+                if not held.rowcount:  # type: ignore[attr-defined]
                     raise RunAttemptStale(message.run_id)
             last = await db.scalar(
                 select(func.max(MessageRow.position)).where(

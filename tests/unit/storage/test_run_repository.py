@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
@@ -10,10 +11,10 @@ from aster.server.clock import utcnow
 from aster.server.errors import FailedPrecondition, NotFound
 from aster.server.ids import new_id
 from aster.server.runs.models import Run, RunEvent, RunStatus
-from aster.server.sessions.models import Session, SessionSpec
+from aster.server.sessions.models import Message, Session, SessionSpec
 from aster.server.storage.database import Database
 from aster.server.storage.run_repository import RunRepository, requeue_lapsed
-from aster.server.storage.session_repository import SessionRepository
+from aster.server.storage.session_repository import RunAttemptStale, SessionRepository
 
 
 async def session(database: Database, tenant: str = "t1") -> Session:
@@ -184,3 +185,25 @@ async def test_a_rescue_loses_to_a_renewal_or_an_event_that_came_in_between(
     async with database.session() as db:
         assert await requeue_lapsed(db, queued.id, 1, 1, later + timedelta(seconds=11))
     assert (await runs.get("t1", queued.id)).attempt == 2
+
+
+async def test_a_zombie_message_waits_for_a_rescue_in_flight_and_is_refused(
+    database: Database,
+) -> None:
+    runs = RunRepository(database)
+    sessions = SessionRepository(database)
+    s = await session(database)
+    queued, _ = await runs.admit("t1", run(s.id), lambda _: "")
+    assert await runs.lease(queued.id, "w1", utcnow(), 10) is not None
+    reply = Message(new_id("msg"), s.id, "assistant", "late", utcnow(), run_id=queued.id)
+    # The rescue has bumped the attempt but not committed yet when the
+    # zombie (attempt 1) stores its reply: the reply must wait for the
+    # rescue and then be refused, not slip in between.
+    async with database.session() as db:
+        assert await requeue_lapsed(db, queued.id, 1, 0, utcnow() + timedelta(seconds=11))
+        zombie = asyncio.create_task(sessions.append_message("t1", reply, attempt=1))
+        await asyncio.sleep(0.5)
+        assert not zombie.done(), "the zombie's message did not wait for the rescue"
+    with pytest.raises(RunAttemptStale):
+        await zombie
+    assert await sessions.messages("t1", s.id) == []
