@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -110,6 +111,8 @@ class ExecutionRun:
         # the latest), so a step's result is durable before the next step
         # does anything, at one commit per step instead of two.
         self._deferred: list[tuple[StepEnd, list[NewEvent]]] = []
+        # Parallel branches share `_deferred`: one write at a time takes it.
+        self._write_lock = asyncio.Lock()
         # The latest output of each step by name, as expressions see them.
         self._outputs: dict[str, Any] = {}
         done = [a for a in execution.steps if a.state is StepState.COMPLETED]
@@ -177,16 +180,43 @@ class ExecutionRun:
         """Stores the deferred ends of completed attempts now."""
         if not self._deferred:
             return
-        pending, self._deferred = self._deferred, []
-        stored = await self._repo.end_steps(
-            self._owner,
-            self._generation,
-            self._tenant,
-            self._execution.id,
-            [end for end, _ in pending],
-            [event for _, events in pending for event in events],
-        )
-        await self._publish(stored)
+
+        async def write(pending: list[tuple[StepEnd, list[NewEvent]]]) -> list[StreamEvent]:
+            return await self._repo.end_steps(
+                self._owner,
+                self._generation,
+                self._tenant,
+                self._execution.id,
+                [end for end, _ in pending],
+                [event for _, events in pending for event in events],
+            )
+
+        await self._with_deferred(write)
+
+    async def _with_deferred(
+        self,
+        write: Callable[[list[tuple[StepEnd, list[NewEvent]]]], Awaitable[list[StreamEvent]]],
+    ) -> list[StreamEvent]:
+        """Runs `write`, which also stores the deferred ends, and publishes
+        what it stored. Writes run one at a time, in order, and a cancel
+        (a parallel step stopping a branch) waits for the write it
+        interrupts: the ends it carries may be another branch's results."""
+        async with self._write_lock:
+            pending, self._deferred = self._deferred, []
+
+            async def store() -> list[StreamEvent]:
+                stored = await write(pending)
+                await self._publish(stored)
+                return stored
+
+            task = asyncio.ensure_future(store())
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                while not task.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait({task})
+                raise
 
     async def _publish(self, events: list[StreamEvent]) -> None:
         await self._deps.streams.publish(events)
@@ -500,20 +530,22 @@ class ExecutionRun:
             input=value,
             wake_time=wake_time,
         )
-        pending, self._deferred = self._deferred, []
-        stored = await self._repo.add_step(
-            self._owner,
-            self._generation,
-            self._tenant,
-            record,
-            [
-                *(event for _, events in pending for event in events),
-                ev.step_started(step.name, attempt, value),
-            ],
-            ends=[end for end, _ in pending],
-        )
+
+        async def write(pending: list[tuple[StepEnd, list[NewEvent]]]) -> list[StreamEvent]:
+            return await self._repo.add_step(
+                self._owner,
+                self._generation,
+                self._tenant,
+                record,
+                [
+                    *(event for _, events in pending for event in events),
+                    ev.step_started(step.name, attempt, value),
+                ],
+                ends=[end for end, _ in pending],
+            )
+
+        await self._with_deferred(write)
         self._history.setdefault(key, []).append(record)
-        await self._publish(stored)
         return record
 
     async def _end(
