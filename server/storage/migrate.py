@@ -51,6 +51,8 @@ async def require_current(db: Database) -> None:
     """Refuses a database whose schema is not this build's head (when
     replicas do not migrate themselves)."""
     current = await current_revision(db)
+    if current is not None and current not in known_revisions():
+        raise SchemaMismatch(_unknown_message(current))
     if current != head_revision():
         raise SchemaMismatch(
             f"the database schema is at revision {current!r}, this Aster build needs "
@@ -60,16 +62,21 @@ async def require_current(db: Database) -> None:
 
 def _check_known(connection: Connection) -> None:
     current = MigrationContext.configure(connection).get_current_revision()
-    if current is None:
-        return
-    script = ScriptDirectory.from_config(_config())
-    known = {rev.revision for rev in script.walk_revisions()}
-    if current not in known:
-        raise SchemaMismatch(
-            f"the database schema is at revision {current!r}, which this Aster build does not "
-            f"know (newest known: {head_revision()!r}); upgrade Aster, or point it at another "
-            "database"
-        )
+    if current is not None and current not in known_revisions():
+        raise SchemaMismatch(_unknown_message(current))
+
+
+def known_revisions() -> set[str]:
+    """Every revision this build knows."""
+    return {rev.revision for rev in ScriptDirectory.from_config(_config()).walk_revisions()}
+
+
+def _unknown_message(current: str) -> str:
+    return (
+        f"the database schema is at revision {current!r}, which this Aster build does not "
+        f"know (newest known: {head_revision()!r}): a newer Aster migrated it; upgrade Aster, "
+        "or point it at another database"
+    )
 
 
 async def upgrade(db: Database) -> None:
