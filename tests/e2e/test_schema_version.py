@@ -43,7 +43,9 @@ def label_schema(url: str, revision: str) -> None:
         database = Database(url)
         try:
             async with database.engine.begin() as conn:
-                await conn.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
+                await conn.execute(
+                    text("UPDATE alembic_version SET version_num = :r"), {"r": revision}
+                )
         finally:
             await database.close()
 
