@@ -3,8 +3,10 @@
 Run by k8s/Dockerfile in the builder stage, after `pip install .`, and by
 tests/k8s against the development venv:
 
-- `aster edge`: the Envoy config renders for the Kubernetes settings
-  (upstreams on the headless Service) and `envoy --mode validate` accepts it;
+- `aster edge` (the image run with Docker or Compose; the Kubernetes edge
+  runs Envoy on a config rendered ahead, k8s/base/edge): the Envoy config
+  renders for the Kubernetes settings (upstreams on the headless Service) and
+  `envoy --mode validate` accepts it;
 - `aster serve` / `aster db upgrade`: the migrations and the descriptor set
   Envoy loads are installed, and the `aster` console script is there.
 
@@ -21,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-# The edge settings of k8s/base/edge-configmap.yaml that shape the config.
+# Edge settings of k8s/base/edge/settings.env that shape the config.
 EDGE_ENV = {
     "ASTER_UPSTREAMS": "aster-server-headless:50051",
     "ASTER_HTTP_HOST": "0.0.0.0",

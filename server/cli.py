@@ -163,20 +163,28 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_gen(args: argparse.Namespace) -> int:
-    """Regenerates gen/ (or, with --check, reports stale files)."""
+    """Regenerates gen/ and the edge's Envoy config of k8s/ (or, with
+    --check, reports stale files)."""
     from aster.server import codegen
+    from aster.server.edge import k8s
 
+    k8s_dir = codegen.REPO_ROOT / "k8s"
     if args.check:
-        stale = codegen.stale_files()
+        stale = [f"gen/{name}" for name in codegen.stale_files()] + [
+            path.relative_to(codegen.REPO_ROOT).as_posix()
+            for path in k8s.stale_files(k8s_dir, codegen.DESCRIPTOR_PATH)
+        ]
         if stale:
-            print("aster: gen/ is stale; run `make gen`. Differing files:", file=sys.stderr)
+            print("aster: generated files are stale; run `make gen`. Differing:", file=sys.stderr)
             for name in stale:
-                print(f"  gen/{name}", file=sys.stderr)
+                print(f"  {name}", file=sys.stderr)
             return 1
-        print("gen/ is fresh")
+        print("gen/ and k8s/ are fresh")
         return 0
     codegen.regenerate()
     print("regenerated gen/")
+    for path in k8s.write_files(k8s_dir, codegen.DESCRIPTOR_PATH):
+        print(f"wrote {path.relative_to(codegen.REPO_ROOT)}")
     return 0
 
 
@@ -268,8 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text)
         _add_settings_flags(sub)
         sub.set_defaults(handler=handler)
-    gen = commands.add_parser("gen", help="regenerate gen/ from proto/")
-    gen.add_argument("--check", action="store_true", help="only report whether gen/ is stale")
+    gen = commands.add_parser(
+        "gen", help="regenerate gen/ from proto/, and the Envoy config of k8s/ (edge)"
+    )
+    gen.add_argument(
+        "--check", action="store_true", help="only report whether gen/ or k8s/ is stale"
+    )
     gen.set_defaults(handler=cmd_gen)
     db = commands.add_parser("db", help="database administration")
     db_commands = db.add_subparsers(dest="db_command", required=True)

@@ -9,7 +9,10 @@ from typing import Any
 
 import pytest
 import yaml
+from google.api import annotations_pb2
+from google.protobuf import descriptor_pb2
 
+from aster.server.app import MAX_CONNECTION_AGE_GRACE_MS, MAX_CONNECTION_AGE_MS, server_options
 from aster.server.config import Settings
 from aster.server.edge.render import (
     ACCESS_LOG_FORMAT,
@@ -20,6 +23,7 @@ from aster.server.edge.render import (
     token_bucket,
 )
 from aster.server.edge.runner import envoy_binary
+from aster.server.rpc.catalog import service_names
 
 
 def rendered(**settings: object) -> str:
@@ -236,3 +240,128 @@ def test_replicas_are_health_checked_every_two_seconds_from_the_start() -> None:
     # carried traffic, and keeps that timer: a draining replica goes unseen.
     assert check["interval"] == check["no_traffic_interval"] == "2s"
     assert check["grpc_health_check"] == {"service_name": ""}
+
+
+# --- Retries, outlier detection and health checks --------------------------
+
+# The committed config the Kubernetes edge runs (tests/k8s checks it is fresh).
+K8S_ENVOY_YAML = Path(__file__).resolve().parent.parent / "k8s" / "base" / "edge" / "envoy.yaml"
+
+
+def _configs() -> list[Any]:
+    return [
+        pytest.param(lambda: yaml.safe_load(rendered()), id="rendered"),
+        pytest.param(lambda: yaml.safe_load(K8S_ENVOY_YAML.read_text()), id="k8s"),
+    ]
+
+
+def _http_verbs() -> dict[str, str]:
+    """Each RPC's gRPC path and its HTTP binding's verb (`stream` for the
+    server-streaming ones)."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_path().read_bytes())
+    rule: Any = annotations_pb2.http
+    verbs = {}
+    for file in files.file:
+        for service in file.service:
+            for method in service.method:
+                path = f"/{file.package}.{service.name}/{method.name}"
+                if f"{file.package}.{service.name}" not in service_names():
+                    continue
+                assert method.options.HasExtension(rule), path
+                binding = method.options.Extensions[rule]
+                verbs[path] = "stream" if method.server_streaming else binding.WhichOneof("pattern")
+    return verbs
+
+
+def _route_for(routes: list[dict[str, Any]], path: str) -> dict[str, Any]:
+    """The route Envoy picks for a gRPC path (the first that matches; routes
+    are matched after transcoding, on the gRPC path)."""
+    for route in routes:
+        match = route["match"]
+        if match.get("path") == path or ("prefix" in match and path.startswith(match["prefix"])):
+            action: dict[str, Any] = route["route"]
+            return action
+    raise AssertionError(f"no route for {path}")
+
+
+@pytest.mark.parametrize("load", _configs())
+def test_only_reads_are_retried(load: Any) -> None:
+    """GET-bound unary RPCs are retried on another replica; writes (POST,
+    PATCH, DELETE) never are (a retried write could apply twice), and
+    streams are neither retried nor timed out."""
+    config = load()
+    virtual_host = manager(config)["route_config"]["virtual_hosts"][0]
+    # No retry policy that would cover every route.
+    assert "retry_policy" not in virtual_host
+    assert "retry_policy" not in manager(config)["route_config"]
+    routes = virtual_host["routes"]
+    verbs = _http_verbs()
+    assert set(verbs.values()) == {"get", "post", "patch", "delete", "stream"}
+    for path, verb in sorted(verbs.items()):
+        route = _route_for(routes, path)
+        if verb == "get":
+            policy = route["retry_policy"]
+            assert route["timeout"] == "60s", path
+            assert "unavailable" in policy["retry_on"].split(",")
+            assert policy["num_retries"] >= 1
+            [predicate] = policy["retry_host_predicate"]
+            assert predicate["name"] == "envoy.retry_host_predicates.previous_hosts"
+        elif verb == "stream":
+            assert "retry_policy" not in route, path
+            assert route["timeout"] == "0s", path
+        else:
+            assert "retry_policy" not in route, (path, verb)
+            assert route["timeout"] == "60s", path
+    # Known examples of each kind.
+    assert "retry_policy" in _route_for(routes, "/aster.v1.AgentService/GetAgent")
+    for write in ("CreateAgent", "UpdateAgent", "DeleteAgent"):
+        assert verbs[f"/aster.v1.AgentService/{write}"] in {"post", "patch", "delete"}
+        assert "retry_policy" not in _route_for(routes, f"/aster.v1.AgentService/{write}")
+
+
+@pytest.mark.parametrize("load", _configs())
+def test_upstream_cluster_ejects_failing_replicas(load: Any) -> None:
+    config = load()
+    (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "aster_grpc"]
+    outlier = cluster["outlier_detection"]
+    assert outlier["consecutive_gateway_failure"] >= 1
+    assert outlier["consecutive_local_origin_failure"] >= 1
+    assert outlier["split_external_local_origin_errors"] is True
+    assert outlier["interval"] and outlier["base_ejection_time"]
+    # Never eject the whole cluster on a burst of errors.
+    assert 0 < outlier["max_ejection_percent"] <= 50
+
+
+@pytest.mark.parametrize("load", _configs())
+def test_upstream_cluster_is_grpc_health_checked(load: Any) -> None:
+    config = load()
+    (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "aster_grpc"]
+    # gRPC health checks need HTTP/2 to the upstream.
+    protocol = cluster["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
+    assert "http2_protocol_options" in protocol["explicit_http_config"]
+    (check,) = cluster["health_checks"]
+    # "" is the server's readiness (NOT_SERVING while draining or while the
+    # database or Redis fail).
+    assert check["grpc_health_check"] == {"service_name": ""}
+
+    def seconds(value: str) -> float:
+        return float(value.removesuffix("s"))
+
+    assert seconds(check["timeout"]) < seconds(check["interval"])
+    assert check["unhealthy_threshold"] >= 1
+    assert check["healthy_threshold"] >= 1
+
+
+def test_the_server_ages_connections_out() -> None:
+    """The server ends each connection after max_connection_age (with a
+    grace for in-flight calls), so clients that bypass the edge reconnect
+    and spread over new replicas."""
+    options = dict(server_options(Settings()))
+    assert options["grpc.max_connection_age_ms"] == MAX_CONNECTION_AGE_MS > 0
+    assert options["grpc.max_connection_age_grace_ms"] == MAX_CONNECTION_AGE_GRACE_MS
+    # The grace outlasts a run at the default run timeout: a stream ends
+    # with its run, not with its connection.
+    run_timeout_s = Settings.model_fields["run_timeout_s"].default
+    assert run_timeout_s * 1000 <= MAX_CONNECTION_AGE_GRACE_MS

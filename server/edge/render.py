@@ -386,8 +386,13 @@ def _virtual_host_filter_config(config: EdgeConfig) -> str:
     return f"{VIRTUAL_HOST_INDENT}typed_per_filter_config: {json.dumps(per_filter)}"
 
 
-def render(config: EdgeConfig, descriptor: Path | None = None) -> str:
-    """The Envoy configuration as YAML text."""
+def render(
+    config: EdgeConfig, descriptor: Path | None = None, descriptor_location: str | None = None
+) -> str:
+    """The Envoy configuration as YAML text. The routes come from the
+    descriptor set at `descriptor`; Envoy loads it from `descriptor_location`
+    (by default the same path: elsewhere when the config is rendered for
+    another machine, such as a Kubernetes ConfigMap mounted in the pod)."""
     descriptor = descriptor or descriptor_path()
     # Routes are matched after transcoding (the transcoder clears the route
     # cache), so streaming RPCs are matched on their gRPC paths and get no
@@ -430,7 +435,7 @@ def render(config: EdgeConfig, descriptor: Path | None = None) -> str:
         rate_limit_filter=_filter_items(
             [rate_limit_filter(config.rate_limit_rps)] if config.rate_limit_rps > 0 else []
         ),
-        descriptor_path=str(descriptor),
+        descriptor_path=descriptor_location or str(descriptor),
         services=json.dumps(service_names()),
         max_body_bytes=config.max_body_bytes,
         grpc_endpoints=_endpoints(config.upstreams),

@@ -34,12 +34,17 @@ def write_config(config: EdgeConfig, directory: Path) -> Path:
 
 def envoy_command(config_path: Path, log_level: str = "warning") -> list[str]:
     """The command line that runs Envoy on `config_path`."""
+    return [envoy_binary(), *envoy_args(str(config_path), log_level)]
+
+
+def envoy_args(config_path: str, log_level: str = "warning") -> list[str]:
+    """Envoy's arguments (the command line without the binary); the
+    Kubernetes edge Deployment runs Envoy with exactly these."""
     # Envoy's info level narrates its whole start-up; below debug, warn is enough.
     level = "debug" if log_level == "debug" else "warn"
     return [
-        envoy_binary(),
         "-c",
-        str(config_path),
+        config_path,
         "--log-level",
         level,
         # Several Envoys may share a machine (tests, replicas).

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,9 @@ SECRET_EXAMPLE = K8S_DIR / "secret.example.yaml"
 BUILDS = {"base": BASE, **OVERLAYS}
 # The uid the Dockerfile's runtime stage runs as.
 IMAGE_UID = 10001
+# The edge's Envoy config: generated (configMapGenerator), from these files.
+EDGE_CONFIG = "aster-edge-config"
+EDGE_FILES_DIR = BASE / "edge"
 
 
 @functools.cache
@@ -109,6 +114,23 @@ def secret_example() -> Obj:
     """k8s/secret.example.yaml."""
     [secret] = load_documents(SECRET_EXAMPLE)
     return secret
+
+
+def generated(objects: list[Obj], kind: str, name: str) -> Obj:
+    """The one object a generator named `name` made (kustomize appends a
+    hash of its content to the name)."""
+    pattern = re.compile(rf"{re.escape(name)}-[a-z0-9]{{10}}")
+    found = [o for o in objects if o["kind"] == kind and pattern.fullmatch(o["metadata"]["name"])]
+    assert len(found) == 1, f"{kind}/{name}-<hash>: found {len(found)}"
+    return found[0]
+
+
+def config_map_files(config_map: Obj) -> dict[str, bytes]:
+    """Every key of a ConfigMap as the bytes a volume mount holds."""
+    files = {k: v.encode() for k, v in config_map.get("data", {}).items()}
+    for name, value in config_map.get("binaryData", {}).items():
+        files[name] = base64.b64decode(value)
+    return files
 
 
 def config_map_data(objects: list[Obj], name: str) -> dict[str, str]:

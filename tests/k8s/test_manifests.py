@@ -17,21 +17,26 @@ import yaml
 from aster.server.app import LIVENESS_SERVICE
 from aster.server.cli import build_parser
 from aster.server.config import Settings
-from aster.server.edge.render import edge_config, render
+from aster.server.edge import k8s
+from aster.server.edge.runner import envoy_args
 from aster.server.rpc.catalog import service_names
 from tests.k8s.kustomize import Obj, build, key, load_documents, pod_spec
 from tests.k8s.objects import (
     BUILDS,
+    EDGE_CONFIG,
+    EDGE_FILES_DIR,
     IMAGE_UID,
     K8S_DIR,
     OVERLAYS,
     SECRET_EXAMPLE,
     built,
     config_map_data,
+    config_map_files,
     container,
     containers,
     effective_env,
     find,
+    generated,
     maybe,
     of_kind,
     pod_labels,
@@ -50,6 +55,8 @@ KUBERNETES_VALIDATE_PIN = "kubernetes-validate==1.37.0"
 SECRET_NAME = "aster-secrets"
 SERVER, EDGE, MIGRATE = "aster-server", "aster-edge", "aster-migrate"
 HEADLESS = "aster-server-headless"
+# The envoy console script of the image's virtualenv (k8s/Dockerfile).
+EDGE_ENVOY = "/opt/aster/bin/envoy"
 
 
 def kubernetes_validate() -> ModuleType:
@@ -110,20 +117,39 @@ def test_kubectl_kustomize_builds_the_same_objects(name: str) -> None:
 
 def test_every_manifest_file_is_used() -> None:
     """No file in k8s/base or an overlay is forgotten by its kustomization,
-    and the example Secret is in none (applying would overwrite the real one)."""
+    and the example Secret is in none (applying would overwrite the real one).
+    Under edge/, every file goes into the ConfigMap but settings.env, the
+    input `aster gen` renders envoy.yaml from."""
     for directory in [K8S_DIR / "base", *OVERLAYS.values()]:
         config = yaml.safe_load((directory / "kustomization.yaml").read_text())
         used = {*config.get("resources", []), *(p["path"] for p in config.get("patches", []))}
+        generated_files = {
+            entry.rpartition("=")[2]
+            for generator in config.get("configMapGenerator", [])
+            for entry in generator.get("files", [])
+        }
         files = {p.name for p in directory.glob("*.yaml")} - {"kustomization.yaml"}
         assert files <= used, f"{directory}: unused {sorted(files - used)}"
-        assert "secret" not in " ".join(sorted(used)).lower()
+        assert "secret" not in " ".join(sorted(used | generated_files)).lower()
+        edge_files = {
+            p.relative_to(directory).as_posix() for p in directory.glob("edge/*") if p.is_file()
+        }
+        unused = edge_files - generated_files - {f"edge/{k8s.SETTINGS_FILE}"}
+        assert not unused, f"{directory}: unused {sorted(unused)}"
+        for name in generated_files:
+            assert (directory / name).is_file(), name
     assert SECRET_EXAMPLE.parent == K8S_DIR
 
 
 def test_the_subset_of_kustomize_refuses_what_it_does_not_support(tmp_path: Path) -> None:
     from tests.k8s.kustomize import KustomizeError
 
-    (tmp_path / "kustomization.yaml").write_text("resources: []\nconfigMapGenerator: []\n")
+    (tmp_path / "kustomization.yaml").write_text("resources: []\nsecretGenerator: []\n")
+    with pytest.raises(KustomizeError, match="secretGenerator"):
+        build(tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        "configMapGenerator:\n  - name: x\n    literals: [a=b]\n"
+    )
     with pytest.raises(KustomizeError, match="configMapGenerator"):
         build(tmp_path)
 
@@ -187,21 +213,50 @@ def _allowed_ports(rules: list[Obj], peer_labels: dict[str, str] | None) -> set[
     return ports
 
 
+def edge_config_map(objects: list[Obj]) -> Obj:
+    """The edge's generated ConfigMap (aster-edge-config-<hash>)."""
+    return generated(objects, "ConfigMap", EDGE_CONFIG)
+
+
+def edge_envoy_config(objects: list[Obj]) -> dict[str, Any]:
+    """The envoy.yaml the edge pods run, parsed."""
+    text = config_map_files(edge_config_map(objects))[k8s.CONFIG_KEY]
+    config: dict[str, Any] = yaml.safe_load(text)
+    return config
+
+
+def _grpc_cluster(envoy: dict[str, Any]) -> dict[str, Any]:
+    [cluster] = [c for c in envoy["static_resources"]["clusters"] if c["name"] == "aster_grpc"]
+    return cluster  # type: ignore[no-any-return]
+
+
+def _http_filters(envoy: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    [listener] = envoy["static_resources"]["listeners"]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return {f["name"]: f["typed_config"] for f in manager["http_filters"]}
+
+
 @pytest.mark.parametrize("name", sorted(BUILDS))
 def test_ports_probes_and_services_agree(name: str) -> None:
     objects = built(name)
     server = container(objects, "Deployment", SERVER)
     edge = container(objects, "Deployment", EDGE)
     server_env = effective_env(objects, server)
-    edge_env = effective_env(objects, edge)
+    envoy = edge_envoy_config(objects)
     grpc_port = resolve_port(server, "grpc")
     metrics_port = resolve_port(server, "metrics")
     http_port = resolve_port(edge, "http")
 
-    # The settings name the ports the containers declare.
+    # The settings and Envoy's listener name the ports the containers declare;
+    # Envoy's admin interface is on the pod's loopback, on another port.
     assert int(server_env["ASTER_GRPC_PORT"]) == grpc_port == 50051
     assert int(server_env["ASTER_METRICS_PORT"]) == metrics_port
-    assert int(edge_env["ASTER_HTTP_PORT"]) == http_port == 8080
+    [listener] = envoy["static_resources"]["listeners"]
+    assert listener["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": http_port}
+    assert http_port == 8080
+    admin = envoy["admin"]["address"]["socket_address"]
+    assert admin["address"] == "127.0.0.1"
+    assert admin["port_value"] != http_port
     # Prometheus reaches the metrics endpoint from outside the pod.
     assert server_env["ASTER_METRICS_HOST"] == "0.0.0.0"
     template = find(objects, "Deployment", SERVER)["spec"]["template"]
@@ -225,15 +280,25 @@ def test_ports_probes_and_services_agree(name: str) -> None:
                 [only] = containers(target)
                 assert resolve_port(only, port["targetPort"]) == port["port"]
 
-    # The edge balances across every server pod: ASTER_UPSTREAMS names the
-    # headless Service and its gRPC port.
+    # The edge balances each request across every server pod: its upstream
+    # cluster is the headless Service's name and gRPC port, re-resolved
+    # (STRICT_DNS), over HTTP/2.
     headless = find(objects, "Service", HEADLESS)
     assert headless["spec"]["clusterIP"] == "None"
     assert not headless["spec"].get("publishNotReadyAddresses", False)
-    settings = settings_from(edge_env)
-    [(host, port)] = settings.upstream_addresses
-    assert host == HEADLESS
-    assert port == next(p["port"] for p in headless["spec"]["ports"] if p["name"] == "grpc")
+    cluster = _grpc_cluster(envoy)
+    assert cluster["type"] == "STRICT_DNS"
+    assert cluster["lb_policy"] == "ROUND_ROBIN"
+    [endpoints] = cluster["load_assignment"]["endpoints"]
+    [endpoint] = endpoints["lb_endpoints"]
+    address = endpoint["endpoint"]["address"]["socket_address"]
+    assert address["address"] == HEADLESS
+    grpc_service_port = next(p["port"] for p in headless["spec"]["ports"] if p["name"] == "grpc")
+    assert address["port_value"] == grpc_service_port
+    protocol = cluster["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
+    assert "http2_protocol_options" in protocol["explicit_http_config"]
 
     # Network policies let the edge reach the gRPC port and Prometheus the
     # metrics port, and nothing else in.
@@ -268,9 +333,20 @@ def test_server_egress_is_dns_databases_and_https(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(BUILDS))
 def test_config_maps_and_env_hold_only_real_settings(name: str) -> None:
+    """ConfigMaps read as environments hold ASTER_* settings only (the edge's
+    holds files, tests/k8s/test_edge_config_map.py)."""
     objects = built(name)
     fields = set(Settings.model_fields)
+    env_sources = {
+        source["configMapRef"]["name"]
+        for workload in workloads(objects)
+        for entry in containers(workload)
+        for source in entry.get("envFrom", [])
+    }
+    assert edge_config_map(objects)["metadata"]["name"] not in env_sources
     for config_map in of_kind(objects, "ConfigMap"):
+        if config_map["metadata"]["name"] not in env_sources:
+            continue
         for variable, value in config_map["data"].items():
             assert variable.startswith("ASTER_"), variable
             assert variable.removeprefix("ASTER_").lower() in fields, variable
@@ -288,6 +364,12 @@ def test_every_referenced_config_map_and_secret_key_exists(name: str) -> None:
     secret = secret_example()
     assert secret["metadata"]["name"] == SECRET_NAME
     for workload in workloads(objects):
+        for volume in pod_spec(workload)["volumes"]:  # type: ignore[index]
+            if "configMap" in volume:
+                source = volume["configMap"]
+                keys = config_map_files(find(objects, "ConfigMap", source["name"]))
+                for item in source.get("items", []):
+                    assert item["key"] in keys, (key(workload), item)
         for entry in containers(workload):
             for source in entry.get("envFrom", []):
                 assert set(source) == {"configMapRef"}, "Secrets are referenced key by key"
@@ -333,20 +415,22 @@ def test_each_container_starts_with_valid_settings(name: str) -> None:
         for entry in containers(workload):
             env = effective_env(objects, entry)
             settings_from(env)
-            build_parser().parse_args(entry["args"])
-    # The edge config renders for the edge's settings (image_check.py, which
-    # the Dockerfile runs, validates it with Envoy).
-    edge_env = effective_env(objects, container(objects, "Deployment", EDGE))
-    settings = settings_from(edge_env)
-    assert HEADLESS in render(edge_config(settings))
+            if "command" not in entry:  # the edge runs Envoy itself
+                build_parser().parse_args(entry["args"])
+    # The edge's settings file is valid too (`aster gen` renders it).
+    settings = k8s.read_settings(EDGE_FILES_DIR / k8s.SETTINGS_FILE)
+    assert settings.upstream_addresses == [(HEADLESS, 50051)]
 
 
 @pytest.mark.parametrize("name", sorted(BUILDS))
 def test_server_and_edge_share_the_message_limit(name: str) -> None:
     objects = built(name)
     server = effective_env(objects, container(objects, "Deployment", SERVER))
-    edge = effective_env(objects, container(objects, "Deployment", EDGE))
-    assert server["ASTER_MAX_MESSAGE_BYTES"] == edge["ASTER_MAX_MESSAGE_BYTES"]
+    limit = int(server["ASTER_MAX_MESSAGE_BYTES"])
+    filters = _http_filters(edge_envoy_config(objects))
+    assert filters["envoy.filters.http.buffer"]["max_request_bytes"] == limit
+    transcoder = filters["envoy.filters.http.grpc_json_transcoder"]
+    assert transcoder["max_request_body_size"] == transcoder["max_response_body_size"] == limit
 
 
 def _quantity(value: str | int) -> float:
@@ -382,11 +466,17 @@ def test_pods_are_hardened_and_bounded(name: str) -> None:
             for resource in ("cpu", "memory"):
                 request = _quantity(resources["requests"][resource])
                 assert request <= _quantity(resources["limits"][resource])
-            # The writable paths are emptyDir volumes: the data dir and /tmp.
+            # The writable paths are emptyDir volumes: the data dir (of the
+            # aster commands; the edge runs Envoy) and /tmp. The rest is
+            # mounted read-only.
             mounts = {m["mountPath"]: volumes[m["name"]] for m in entry["volumeMounts"]}
-            data_dir = effective_env(objects, entry)["ASTER_DATA_DIR"]
-            for path in (data_dir, "/tmp"):
+            data_dir = effective_env(objects, entry).get("ASTER_DATA_DIR")
+            assert data_dir or "command" in entry, key(workload)
+            for path in filter(None, (data_dir, "/tmp")):
                 assert "emptyDir" in mounts[path], (key(workload), path)
+            for mount in entry["volumeMounts"]:
+                if "emptyDir" not in volumes[mount["name"]]:
+                    assert mount.get("readOnly") is True, (key(workload), mount)
     # One image for the server, the edge and the migrations.
     assert len(images) == 1, images
 
@@ -395,7 +485,9 @@ def test_pods_are_hardened_and_bounded(name: str) -> None:
 def test_envoy_sheds_load_before_its_memory_limit(name: str) -> None:
     objects = built(name)
     edge = container(objects, "Deployment", EDGE)
-    heap = int(effective_env(objects, edge)["ASTER_EDGE_MAX_HEAP_BYTES"])
+    overload = edge_envoy_config(objects)["overload_manager"]
+    monitors = {m["name"]: m["typed_config"] for m in overload["resource_monitors"]}
+    heap = monitors["envoy.resource_monitors.fixed_heap"]["max_heap_size_bytes"]
     assert heap < _quantity(edge["resources"]["limits"]["memory"]) * 0.8
 
 
@@ -436,7 +528,11 @@ def test_shutdown_drains_within_the_grace_period(name: str) -> None:
 def test_commands_are_aster_commands(name: str) -> None:
     objects = built(name)
     assert container(objects, "Deployment", SERVER)["args"] == ["serve"]
-    assert container(objects, "Deployment", EDGE)["args"] == ["edge"]
+    # The edge runs Envoy from the image's virtualenv (test_dockerfile.py) on
+    # the mounted config, with the arguments `aster edge` gives it.
+    edge = container(objects, "Deployment", EDGE)
+    assert edge["command"] == [EDGE_ENVOY]
+    assert edge["args"] == envoy_args(k8s.CONFIG_PATH)
     job = maybe(objects, "Job", MIGRATE)
     if job is not None:
         migrate = container(objects, "Job", MIGRATE)
@@ -450,7 +546,8 @@ def test_commands_are_aster_commands(name: str) -> None:
         assert "envFrom" not in migrate, "the Job runs before the ConfigMaps exist"
     for workload in workloads(objects):
         for entry in containers(workload):
-            assert "command" not in entry, "the image's entrypoint is `aster`"
+            if entry is not edge:
+                assert "command" not in entry, "the image's entrypoint is `aster`"
 
 
 def _secret_refs(entry: Obj) -> dict[str, dict[str, Any]]:
