@@ -8,17 +8,24 @@ INSTALLED := $(VENV)/.stamp-installed
 BUF := node_modules/.bin/buf
 PYROOT := build/pyroot
 
-.PHONY: up test soak lint gen check-gen buf-deps buf-lint buf-breaking typecheck bench venv clean
+.PHONY: up test soak lint gen check-gen buf-deps buf-lint buf-breaking typecheck bench venv clean constraints
 
 up: check-gen
 	$(BIN)/aster up
 
 venv: $(INSTALLED)
 
-$(INSTALLED): pyproject.toml setup.py
+# constraints.txt pins every dependency to the versions CI last passed with,
+# so a new release upstream cannot break a fresh install.
+$(INSTALLED): pyproject.toml setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,embed]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,embed]'
 	touch $@
+
+# Re-pins constraints.txt to what .venv holds (after a deliberate upgrade).
+constraints: venv
+	{ sed -n '1,2p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable --disable-pip-version-check | grep -v '^torch=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 $(BUF): package.json
 	npm install --no-audit --no-fund --silent
@@ -59,7 +66,7 @@ test: venv buf-deps $(BUF) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: venv
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python bench/unary.py
 	$(BIN)/python bench/chat_stream.py
 	$(BIN)/python bench/run_queue.py
