@@ -141,7 +141,8 @@ class RunExecutor:
 
     async def start(self) -> None:
         """Starts the worker: cancellations from other replicas, the queue
-        poller, lease renewal and the rescue of lapsed leases."""
+        poller, lease renewal, the rescue of lapsed leases and the queue's
+        gauges."""
         self._loops = [
             asyncio.create_task(
                 listen_for_stops(
@@ -155,6 +156,10 @@ class RunExecutor:
             ),
             asyncio.create_task(
                 self._every(self._lease.lease_s / 2, self._rescue), name="run-rescue"
+            ),
+            asyncio.create_task(
+                self._every(aster_metrics.QUEUE_REFRESH_S, self._report_queue),
+                name="run-queue-metrics",
             ),
         ]
         async with asyncio.timeout(10):
@@ -200,6 +205,19 @@ class RunExecutor:
         if rescued:
             _log.warning("rescued runs whose lease lapsed", runs=rescued)
             await self._poll()
+
+    async def _report_queue(self) -> None:
+        """Sets the run-queue gauges from the database (the same numbers on
+        every replica). A failure (the database is down) is logged by the
+        loop, and the gauges keep their last values until the next read."""
+        now = utcnow()
+        stats = await self._runs.queue_stats(now)
+        oldest = stats.oldest_ready
+        aster_metrics.RUN_QUEUE_DEPTH.set(stats.queued)
+        aster_metrics.RUN_QUEUE_OLDEST_AGE.set(
+            max(0.0, (now - oldest).total_seconds()) if oldest else 0.0
+        )
+        aster_metrics.RUNS_LEASE_EXPIRED.set(stats.lease_expired)
 
     def dispatch(self, run: Run) -> None:
         """Executes `run` here, after its predecessor, if this worker gets

@@ -10,10 +10,11 @@ or a control call took the execution away) writes nothing more."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, literal, or_, select, update
+from sqlalchemy import and_, case, delete, exists, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -36,6 +37,7 @@ from aster.server.workflows.execution_models import (
 _RUNNING = ExecutionState.RUNNING.value
 _PENDING = ExecutionState.PENDING.value
 _OPEN_STEPS = [StepState.RUNNING.value, StepState.WAITING.value]
+_APPROVAL = "approval"  # StepKind.APPROVAL, as step attempts store it
 
 
 StepEnd = tuple[str, int, dict[str, Any]]
@@ -44,6 +46,15 @@ StepEnd = tuple[str, int, dict[str, Any]]
 
 class ExecutionFenced(Exception):
     """The worker no longer holds the execution: it must stop writing."""
+
+
+@dataclass(frozen=True)
+class ExecutionQueueStats:
+    """The executions waiting for a worker or stuck, across the whole database."""
+
+    pending: int = 0
+    # RUNNING executions whose lease expired: nobody rescued them yet.
+    lease_expired: int = 0
 
 
 STREAM_PREFIX = "execution:"
@@ -285,6 +296,52 @@ class ExecutionRepository:
                 .returning(ExecutionRow.id)
             )
             return list(rescued.all()), given_up
+
+    async def queue_stats(self, now: datetime) -> ExecutionQueueStats:
+        """The queue for the metrics, in one aggregate query (index
+        `ix_workflow_executions_state`)."""
+        query = (
+            select(
+                ExecutionRow.state,
+                func.count(),
+                func.count(case((ExecutionRow.lease_expires < now, 1))),
+            )
+            .where(ExecutionRow.state.in_([_PENDING, _RUNNING]))
+            .group_by(ExecutionRow.state)
+        )
+        async with self._db.session() as db:
+            rows = {state: (count, lapsed) for state, count, lapsed in await db.execute(query)}
+        return ExecutionQueueStats(
+            pending=int(rows.get(_PENDING, (0, 0))[0]),
+            lease_expired=int(rows.get(_RUNNING, (0, 0))[1]),
+        )
+
+    async def wake_approvals(self, now: datetime) -> tuple[list[str], list[StreamEvent]]:
+        """Puts WAITING_APPROVAL executions whose waiting approval's deadline
+        (its `wake_time`) has passed back to PENDING, for a worker to take:
+        the engine then fails the approval (or the composite step whose
+        timeout passed). Returns their ids and the events stored."""
+        due = exists().where(
+            StepAttemptRow.execution_id == ExecutionRow.id,
+            StepAttemptRow.kind == _APPROVAL,
+            StepAttemptRow.state == StepState.WAITING.value,
+            StepAttemptRow.wake_time <= now,
+        )
+        async with self._db.session() as db:
+            woken = await db.execute(
+                update(ExecutionRow)
+                .where(ExecutionRow.state == ExecutionState.WAITING_APPROVAL.value, due)
+                .values(state=_PENDING)
+                .returning(ExecutionRow.id, ExecutionRow.tenant)
+            )
+            ids: list[str] = []
+            events: list[StreamEvent] = []
+            for execution_id, tenant in woken.all():
+                ids.append(execution_id)
+                events += await append_in(
+                    db, tenant, stream_of(execution_id), [state_changed(ExecutionState.PENDING)]
+                )
+        return ids, events
 
     async def release(self, execution_id: str, owner: str, generation: int, now: datetime) -> bool:
         """Gives a leased execution back (shutdown): PENDING again, and its

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from aster.server.clock import as_utc
 from aster.server.errors import NotFound
@@ -25,6 +27,19 @@ from aster.server.storage.run_tables import RunEventRow, RunRow, SessionRow
 from aster.server.storage.session_repository import checkpoint_row
 
 _ACTIVE = [s.value for s in ACTIVE_STATUSES]
+
+
+@dataclass(frozen=True)
+class RunQueueStats:
+    """The run queue across the whole database, at one instant."""
+
+    # Runs QUEUED, including the ones waiting for an earlier run of their session.
+    queued: int = 0
+    # The creation time of the oldest QUEUED run that could start now (its
+    # session has no earlier active run), or None.
+    oldest_ready: datetime | None = None
+    # RUNNING runs whose lease expired: nobody rescued them yet.
+    lease_expired: int = 0
 
 
 class RunRepository:
@@ -198,6 +213,40 @@ class RunRepository:
                 if await requeue_lapsed(db, run_id, attempt, last_seq, now):
                     rescued.append(run_id)
         return rescued, given_up
+
+    async def queue_stats(self, now: datetime) -> RunQueueStats:
+        """The queue for the metrics, in one aggregate query over the active
+        runs (index `ix_runs_status`); a QUEUED run's predecessor is found
+        by primary key."""
+        predecessor = aliased(RunRow)
+        ready = predecessor.id.is_(None)
+        query = (
+            select(
+                RunRow.status,
+                func.count(),
+                func.min(case((ready, RunRow.create_time))),
+                func.count(case((RunRow.lease_expires < now, 1))),
+            )
+            .outerjoin(
+                predecessor,
+                and_(
+                    RunRow.status == RunStatus.QUEUED.value,
+                    predecessor.id == RunRow.after_run_id,
+                    predecessor.status.in_(_ACTIVE),
+                ),
+            )
+            .where(RunRow.status.in_(_ACTIVE))
+            .group_by(RunRow.status)
+        )
+        async with self._db.session() as db:
+            rows = {status: rest for status, *rest in (await db.execute(query)).all()}
+        queued, oldest, _ = rows.get(RunStatus.QUEUED.value, (0, None, 0))
+        _, _, lapsed = rows.get(RunStatus.RUNNING.value, (0, None, 0))
+        return RunQueueStats(
+            queued=int(queued),
+            oldest_ready=as_utc(oldest) if oldest is not None else None,
+            lease_expired=int(lapsed),
+        )
 
     async def cancel_unstarted(self, run_id: str, owner: str, end_time: datetime) -> bool:
         """→ CANCELLED if the run is QUEUED, or RUNNING under `owner`'s lease

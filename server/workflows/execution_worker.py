@@ -1,7 +1,8 @@
 """Drives executions on this replica through leases, as the run executor
 drives runs: a poller takes PENDING executions, a heartbeat renews the
 leases held, a rescuer puts back executions whose worker stopped renewing
-(it died), and a control topic stops an execution here when a control call
+(it died), a deadline check takes up executions whose approval's deadline
+passed, and a control topic stops an execution here when a control call
 (suspend, cancel) took it away on any replica."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import structlog
 from aster.server.bus.base import EventBus
 from aster.server.clock import utcnow
 from aster.server.ids import new_id
+from aster.server.observability import aster_metrics
 from aster.server.runs.limits import LeaseSettings
 from aster.server.storage.execution_repository import ExecutionRepository
 from aster.server.worker_loops import cancel_task, listen_for_stops, repeat
@@ -25,6 +27,9 @@ from aster.server.workflows.graph import WorkflowGraph
 
 _log = structlog.get_logger("aster.workflows")
 CONTROL_TOPIC = "workflow-control"
+# How often a worker looks for approvals whose deadline passed (at least
+# its poll interval).
+APPROVAL_CHECK_S = 1.0
 
 GraphLoader = Callable[[Execution], Awaitable[WorkflowGraph]]
 
@@ -52,7 +57,8 @@ class ExecutionWorker:
         self._closing = False
 
     async def start(self) -> None:
-        """Starts polling, renewing, rescuing and listening for stops."""
+        """Starts polling, renewing, rescuing, listening for stops and
+        reporting the queue's gauges."""
         lease_s = self._lease.lease_s
         self._loops = [
             asyncio.create_task(
@@ -64,6 +70,14 @@ class ExecutionWorker:
             asyncio.create_task(self._every(self._lease.poll_s, self._poll), name="wf-poll"),
             asyncio.create_task(self._every(lease_s / 3, self._renew), name="wf-leases"),
             asyncio.create_task(self._every(lease_s / 2, self._rescue), name="wf-rescue"),
+            asyncio.create_task(
+                self._every(max(self._lease.poll_s, APPROVAL_CHECK_S), self._wake_approvals),
+                name="wf-approval-deadlines",
+            ),
+            asyncio.create_task(
+                self._every(aster_metrics.QUEUE_REFRESH_S, self._report_queue),
+                name="wf-queue-metrics",
+            ),
         ]
         async with asyncio.timeout(10):
             await self._listening.wait()
@@ -107,6 +121,25 @@ class ExecutionWorker:
         if rescued:
             _log.warning("rescued executions whose lease lapsed", executions=rescued)
             await self._poll()
+
+    async def _report_queue(self) -> None:
+        """Sets the execution-queue gauges from the database (the same
+        numbers on every replica); a failure is logged by the loop."""
+        stats = await self._repo.queue_stats(utcnow())
+        aster_metrics.EXECUTION_QUEUE_DEPTH.set(stats.pending)
+        aster_metrics.EXECUTIONS_LEASE_EXPIRED.set(stats.lease_expired)
+
+    async def _wake_approvals(self) -> None:
+        """Takes up the executions whose approval's deadline passed."""
+        if self._closing:
+            return
+        woken, events = await self._repo.wake_approvals(utcnow())
+        if not woken:
+            return
+        _log.info("approval deadlines passed; taking the executions up", executions=woken)
+        await self._deps.streams.publish(events)
+        for execution_id in woken:
+            self.dispatch(execution_id)
 
     def _track(self, execution_id: str, task: asyncio.Task[None]) -> None:
         previous = self._tasks.get(execution_id)
