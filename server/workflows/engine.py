@@ -9,15 +9,25 @@ again as its next attempt; a waiting wait step goes on waiting until its
 stored wake-up time. Each attempt's start and end are stored (with their
 events, in the same transaction) before the engine moves on, and every
 write is fenced by the lease, so a worker that lost the execution writes
-nothing more."""
+nothing more.
+
+Timeouts: an agent or tool step's `timeout` bounds each attempt; a
+composite step's bounds the whole step, counted from its first attempt's
+recorded start (so a restart does not give it more time): when it passes,
+the steps running inside are cancelled and the composite step fails. An
+approval's `timeout` is its deadline, stored as the attempt's `wake_time`
+(the earliest of it and the deadlines of the composite steps around it);
+the worker wakes a parked execution whose deadline passed, and the replay
+fails the approval (or the composite step)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -64,6 +74,12 @@ from aster.server.workflows.templates import render_text, render_value
 _log = structlog.get_logger("aster.workflows")
 
 INTERRUPTED = "interrupted: the attempt did not finish (its server stopped, or it was suspended)"
+STOPPED_BRANCH = "cancelled: the parallel step stopped this branch"
+
+# The deadlines of the composite steps (with a timeout) the current task
+# runs inside, outermost first: an approval started there waits until the
+# earliest of them at the latest.
+_DEADLINES: ContextVar[tuple[datetime, ...]] = ContextVar("workflow_deadlines", default=())
 
 
 class StepFailed(Exception):
@@ -113,6 +129,8 @@ class ExecutionRun:
         self._deferred: list[tuple[StepEnd, list[NewEvent]]] = []
         # Parallel branches share `_deferred`: one write at a time takes it.
         self._write_lock = asyncio.Lock()
+        # Why a parallel step (by key) stops its branches, when not the default.
+        self._stop_reasons: dict[str, str] = {}
         # The latest output of each step by name, as expressions see them.
         self._outputs: dict[str, Any] = {}
         done = [a for a in execution.steps if a.state is StepState.COMPLETED]
@@ -276,19 +294,92 @@ class ExecutionRun:
                 step, key, (last.attempt + 1) if last else 1, _composite_input(action)
             )
         try:
-            if isinstance(action, ParallelStep):
-                output = await self._parallel(action, prefix)
-            elif isinstance(action, ConditionStep):
-                output = await self._condition(action, prefix)
+            if step.timeout is None:
+                output = await self._inside(step, action, key, prefix)
             else:
-                output = await self._loop(step, action, key)
+                # Earlier attempts were interrupted (a suspend, a shutdown):
+                # the deadline counts from the first one's start.
+                first = attempts[0] if attempts else current
+                deadline = first.start_time + step.timeout
+                output = await self._inside_until(step, action, key, prefix, deadline)
         except StepFailed as failed:
             await self._end(current, StepState.FAILED, error=str(failed))
             raise
         await self._end(current, StepState.COMPLETED, output=output, defer=defer_end)
         return output
 
-    async def _parallel(self, action: ParallelStep, prefix: str) -> Any:
+    async def _inside(
+        self, step: Step, action: ParallelStep | ConditionStep | LoopStep, key: str, prefix: str
+    ) -> Any:
+        """Runs what a composite step holds; its value is the step's output."""
+        if isinstance(action, ParallelStep):
+            return await self._parallel(action, key, prefix)
+        if isinstance(action, ConditionStep):
+            return await self._condition(action, prefix)
+        return await self._loop(step, action, key)
+
+    async def _inside_until(
+        self,
+        step: Step,
+        action: ParallelStep | ConditionStep | LoopStep,
+        key: str,
+        prefix: str,
+        deadline: datetime,
+    ) -> Any:
+        """`_inside`, stopped at `deadline`: then the steps still running
+        inside are cancelled and the composite step fails."""
+        assert step.timeout is not None
+        error = (
+            f"step {step.name!r} timed out: the steps inside it took longer than "
+            f"{_seconds(step.timeout)} s (its timeout)"
+        )
+
+        async def body() -> Any:
+            _DEADLINES.set((*_DEADLINES.get(), deadline))
+            return await self._inside(step, action, key, prefix)
+
+        remaining = (deadline - utcnow()).total_seconds()
+        if remaining > 0:
+            task = asyncio.create_task(body(), name=f"step-{key}")
+            try:
+                done, _ = await asyncio.wait({task}, timeout=remaining)
+            except asyncio.CancelledError:
+                await _cancel_and_wait(task)
+                raise
+            if done:
+                return task.result()
+            self._stop_reasons[key] = f"cancelled: step {step.name!r} timed out"
+            try:
+                stopped = await _cancel_and_wait(task)
+            finally:
+                self._stop_reasons.pop(key, None)
+            # Stopping it may have failed for another reason (fencing).
+            if stopped is not None and not isinstance(stopped, StepFailed | Parked):
+                raise stopped
+        await self._cancel_inside(step, key, prefix, f"cancelled: step {step.name!r} timed out")
+        raise StepFailed(error)
+
+    async def _cancel_inside(self, step: Step, key: str, prefix: str, error: str) -> None:
+        """Ends the running or waiting attempts of the steps a composite
+        step holds (in its current iteration of a loop around it) as
+        CANCELLED."""
+        names: set[str] = set()
+        for sub in self._graph.sub_chains(step):
+            names |= self._reachable(sub)
+        # A loop's own steps are keyed `<loop key>[<iteration>]/<name>`.
+        key_prefix = f"{key}[" if isinstance(step.action, LoopStep) else prefix
+        await self._flush()
+        await self._repo.cancel_open_steps(
+            self._owner,
+            self._generation,
+            self._execution.id,
+            names,
+            key_prefix,
+            error,
+            utcnow(),
+        )
+
+    async def _parallel(self, action: ParallelStep, key: str, prefix: str) -> Any:
         tasks = {
             branch: asyncio.create_task(self._chain(branch, prefix), name=f"branch-{branch}")
             for branch in action.branches
@@ -316,7 +407,7 @@ class ExecutionRun:
                 if action.join is ParallelJoin.ALL and failures:
                     break
         finally:
-            await self._stop_branches(tasks, prefix)
+            await self._stop_branches(tasks, prefix, self._stop_reasons.pop(key, STOPPED_BRANCH))
         if action.join is ParallelJoin.ANY and results:
             return results
         if failures:
@@ -325,8 +416,11 @@ class ExecutionRun:
             raise parked
         return results
 
-    async def _stop_branches(self, tasks: dict[str, asyncio.Task[Any]], prefix: str) -> None:
-        """Cancels the branches still running and ends their open attempts."""
+    async def _stop_branches(
+        self, tasks: dict[str, asyncio.Task[Any]], prefix: str, reason: str
+    ) -> None:
+        """Cancels the branches still running and ends their open attempts
+        (CANCELLED, with `reason` as their error)."""
         running = [b for b, t in tasks.items() if not t.done()]
         for branch in running:
             tasks[branch].cancel()
@@ -343,7 +437,7 @@ class ExecutionRun:
             self._execution.id,
             names,
             prefix,
-            "cancelled: the parallel step stopped this branch",
+            reason,
             utcnow(),
         )
 
@@ -389,6 +483,7 @@ class ExecutionRun:
                 return last.output
             if last.state is StepState.WAITING:
                 if isinstance(step.action, ApprovalStep):
+                    await self._check_approval_deadline(step, last)
                     raise Parked(step.name)
                 return await self._wait_until(last)
             if last.state is StepState.RUNNING:
@@ -429,7 +524,20 @@ class ExecutionRun:
         action = step.action
         context = self._context()
         if isinstance(action, ApprovalStep):
-            await self._start(step, key, attempt, {"prompt": action.prompt}, StepState.WAITING)
+            # The deadline, if any: its own, or a composite step's around it.
+            now = utcnow()
+            deadlines = list(_DEADLINES.get())
+            if step.timeout is not None:
+                deadlines.append(now + step.timeout)
+            await self._start(
+                step,
+                key,
+                attempt,
+                {"prompt": action.prompt},
+                StepState.WAITING,
+                wake_time=min(deadlines, default=None),
+                start_time=now,
+            )
             raise Parked(step.name)
         if isinstance(action, WaitStep):
             wake = utcnow() + action.duration
@@ -501,6 +609,15 @@ class ExecutionRun:
 
         return await self._deps.agents.run(self._tenant, agent_id, message, started, forward)
 
+    async def _check_approval_deadline(self, step: Step, record: StepAttempt) -> None:
+        """Fails the waiting approval if its own timeout has passed (the
+        worker woke the execution for it)."""
+        if step.timeout is None or utcnow() < record.start_time + step.timeout:
+            return
+        error = f"approval not given within {_seconds(step.timeout)} s (its timeout)"
+        await self._end(record, StepState.FAILED, error=error)
+        raise StepFailed(f"step {step.name!r} failed: {error}")
+
     async def _wait_until(self, record: StepAttempt) -> Any:
         assert record.wake_time is not None
         await _sleep_until(record.wake_time)
@@ -518,6 +635,7 @@ class ExecutionRun:
         value: Any,
         state: StepState = StepState.RUNNING,
         wake_time: datetime | None = None,
+        start_time: datetime | None = None,
     ) -> StepAttempt:
         record = StepAttempt(
             execution_id=self._execution.id,
@@ -526,7 +644,7 @@ class ExecutionRun:
             kind=step.kind.value if step.kind else "",
             attempt=attempt,
             state=state,
-            start_time=utcnow(),
+            start_time=start_time or utcnow(),
             input=value,
             wake_time=wake_time,
         )
@@ -590,6 +708,28 @@ def _composite_input(action: ParallelStep | ConditionStep | LoopStep) -> dict[st
     if isinstance(action, ConditionStep):
         return {"expression": action.expression}
     return {"body": action.body, "until": action.until, "max_iterations": action.iteration_limit}
+
+
+def _seconds(value: timedelta) -> str:
+    return f"{value.total_seconds():g}"
+
+
+async def _cancel_and_wait(task: asyncio.Task[Any]) -> BaseException | None:
+    """Cancels `task` and waits until it has stopped (its clean-up writes
+    done), even if this task is cancelled meanwhile: then CancelledError is
+    raised once it has. Returns the exception it ended with, other than its
+    cancellation (None if it was cancelled or returned)."""
+    task.cancel()
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            cancelled = True
+    error = None if task.cancelled() else task.exception()
+    if cancelled:
+        raise asyncio.CancelledError
+    return error
 
 
 async def _sleep_until(when: datetime) -> None:

@@ -159,10 +159,19 @@ class ExecutionService:
         input: dict[str, Any],
     ) -> Execution:
         """Completes the approval step waited on with `input` as its output;
-        the execution goes on."""
+        the execution goes on. An approval whose deadline has passed can no
+        longer be given (the worker is about to fail it)."""
         waiting = await self._waiting_approval(
             tenant, workflow_id, execution_id, step_name, "approve"
         )
+        if waiting.wake_time is not None and waiting.wake_time <= utcnow():
+            raise FailedPrecondition(
+                f"cannot approve execution {execution_id!r}: the deadline of step "
+                f"{waiting.step_name!r} passed at {waiting.wake_time.isoformat()} "
+                "(a timeout), so the execution fails",
+                field="execution_id",
+                state=ExecutionState.WAITING_APPROVAL.value,
+            )
         execution, events = await self._repo.decide_approval(
             tenant,
             workflow_id,

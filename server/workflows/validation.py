@@ -27,6 +27,7 @@ from aster.server.workflows.models import (
     ParallelStep,
     RetryPolicy,
     Step,
+    StepKind,
     ToolStep,
     WaitStep,
     WorkflowSpec,
@@ -40,6 +41,19 @@ MAX_MULTIPLIER = 100.0
 # The longest timeout, backoff or wait step.
 MAX_DURATION = timedelta(days=365)
 MAX_SCHEDULES = 20
+
+# Why a retry policy means nothing on the other kinds of step.
+_NO_RETRY = {
+    StepKind.PARALLEL: "a composite step is not run again as a whole: put the retry on the "
+    "agent and tool steps inside it",
+    StepKind.CONDITION: "a composite step is not run again as a whole: put the retry on the "
+    "agent and tool steps inside it",
+    StepKind.LOOP: "a composite step is not run again as a whole: put the retry on the "
+    "agent and tool steps inside it",
+    StepKind.APPROVAL: "an approval is decided once: a rejection or a passed timeout fails it "
+    "for good",
+    StepKind.WAIT: "a wait step cannot fail",
+}
 
 
 @dataclass(frozen=True)
@@ -100,9 +114,7 @@ def _check_step(
     agents: list[Reference],
     tools: list[Reference],
 ) -> None:
-    _check_retry(step.retry, f"{field}.retry", step.name)
-    if step.timeout is not None:
-        _check_duration(step.timeout, f"{field}.timeout", step.name)
+    _check_retry_and_timeout(step, field)
     action = step.action
     others = names - {step.name}
     if isinstance(action, AgentStep):
@@ -136,6 +148,34 @@ def _check_step(
             raise _fail(f"{field}.approval.prompt", f"at most {MAX_PROMPT} characters", step.name)
     elif isinstance(action, WaitStep):
         _check_duration(action.duration, f"{field}.wait", step.name)
+
+
+def _check_retry_and_timeout(step: Step, field: str) -> None:
+    """`retry` applies to agent and tool steps; `timeout` to every kind
+    but wait (see docs/workflows.md, Retries and timeouts)."""
+    kind = step.kind
+    if kind in _NO_RETRY and step.retry != RetryPolicy():
+        raise _fail(
+            f"{field}.retry",
+            f"retry applies to agent and tool steps only, not to {_a(kind)} step: "
+            f"{_NO_RETRY[kind]}",
+            step.name,
+        )
+    _check_retry(step.retry, f"{field}.retry", step.name)
+    if step.timeout is None:
+        return
+    if kind is StepKind.WAIT:
+        raise _fail(
+            f"{field}.timeout",
+            "a wait step takes no timeout: it always waits exactly its duration "
+            "(set a shorter wait instead)",
+            step.name,
+        )
+    _check_duration(step.timeout, f"{field}.timeout", step.name)
+
+
+def _a(kind: StepKind) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
 
 def _expression(text: str, names: frozenset[str], field: str, step: Step) -> None:

@@ -244,6 +244,17 @@ async def test_crud_and_versions_over_grpc(client: Client) -> None:
             "compute",
         ),
         (lambda d: d["steps"][0].update(timeout="-1s"), "workflow.steps[0].timeout", "compute"),
+        (
+            lambda d: d["steps"][2].update(retry={"max_attempts": 2}),
+            "workflow.steps[2].retry",
+            "check",
+        ),
+        (
+            lambda d: d["steps"][4].update(retry={"max_attempts": 2}),
+            "workflow.steps[4].retry",
+            "approve",
+        ),
+        (lambda d: d["steps"][3].update(timeout="5s"), "workflow.steps[3].timeout", "pause"),
     ],
     ids=[
         "cycle",
@@ -255,6 +266,9 @@ async def test_crud_and_versions_over_grpc(client: Client) -> None:
         "bad template",
         "bad retry",
         "bad timeout",
+        "retry on a condition",
+        "retry on an approval",
+        "timeout on a wait",
     ],
 )
 async def test_bad_definitions_name_the_step_over_grpc(
@@ -320,6 +334,39 @@ async def test_crud_over_rest(client: Client) -> None:
         await http.delete("/v1/workflows/rest-flow", params={"etag": body["etag"]})
     ).json() == {}
     assert_error(await http.get("/v1/workflows/rest-flow"), 404, 5, "rest-flow")
+
+
+async def test_retry_and_timeout_are_refused_where_they_do_not_apply_over_rest(
+    client: Client,
+) -> None:
+    data = definition(await make_agent(client))
+    data["steps"][2]["retry"] = {"max_attempts": 3}
+    body = assert_error(
+        await client.http.post("/v1/workflows", json=data),
+        400,
+        3,
+        "workflow.steps[2].retry (step 'check'): retry applies to agent and tool steps only, "
+        "not to a condition step",
+    )
+    assert body["details"][0]["metadata"] == {"field": "workflow.steps[2].retry", "step": "check"}
+    data = definition(await make_agent(client))
+    data["steps"][3]["timeout"] = "2s"
+    assert_error(
+        await client.http.post("/v1/workflows", json=data), 400, 3, "a wait step takes no timeout"
+    )
+    # A timeout on a composite step or an approval is accepted.
+    data = definition(await make_agent(client))
+    data["steps"][2]["timeout"] = "3600s"
+    data["steps"][4]["timeout"] = "86400s"
+    response = await client.http.post("/v1/workflows", json=data)
+    assert response.status_code == 200, response.text
+    assert [s.get("timeout") for s in response.json()["steps"]] == [
+        "10s",
+        None,
+        "3600s",
+        None,
+        "86400s",
+    ]
 
 
 async def test_a_bad_definition_over_rest_names_the_step(client: Client) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from tests.workflow_helpers import (
     sse,
     wait_state,
     wait_step,
+    workflow_message,
 )
 
 Code = grpc.StatusCode
@@ -317,7 +319,7 @@ async def test_cancel_during_a_parallel_step_cancels_every_branch(
     await asyncio.sleep(0.5)
     again = (await rest.post(f"{base}/cancel", json={})).json()
     assert again["state"] == "EXECUTION_STATE_CANCELLED"
-    assert again["steps"] == cancelled["steps"] or len(again["steps"]) == len(cancelled["steps"])
+    assert again["steps"] == cancelled["steps"]
     events = [e async for e in sse(rest, f"{base}/watch")]
     assert events[-1].state_changed.state == wp.EXECUTION_STATE_CANCELLED
 
@@ -342,6 +344,18 @@ async def test_bad_control_calls_get_the_right_errors(
         workflows.ApproveExecution(wp.ApproveExecutionRequest(**ids, step_name="end")),
         Code.INVALID_ARGUMENT,
     )
+    # A suspended execution waits for no approval until it is resumed.
+    suspended = await workflows.SuspendExecution(wp.SuspendExecutionRequest(**ids))
+    assert suspended.state == wp.EXECUTION_STATE_SUSPENDED
+    for call in (
+        workflows.ApproveExecution(wp.ApproveExecutionRequest(**ids)),
+        workflows.RejectExecution(wp.RejectExecutionRequest(**ids)),
+        workflows.SuspendExecution(wp.SuspendExecutionRequest(**ids)),
+    ):
+        err = await expect_error(call, Code.FAILED_PRECONDITION)
+        assert "it is SUSPENDED" in (err.details() or ""), err.details()
+    resumed = await workflows.ResumeExecution(wp.ResumeExecutionRequest(**ids))
+    assert resumed.state == WAITING_APPROVAL
     done = await workflows.ApproveExecution(wp.ApproveExecutionRequest(**ids))
     done = await wait_state(workflows, workflow.id, execution.id, TERMINAL)
     assert done.state == COMPLETED
@@ -362,10 +376,26 @@ async def test_bad_control_calls_get_the_right_errors(
     assert cancelled.state == COMPLETED  # a finished execution stays as it is
 
     missing: dict[str, Any] = {"workflow_id": workflow.id, "execution_id": "exe_missing"}
-    await expect_error(workflows.GetExecution(wp.GetExecutionRequest(**missing)), Code.NOT_FOUND)
-    await expect_error(
-        workflows.CancelExecution(wp.CancelExecutionRequest(**missing)), Code.NOT_FOUND
+
+    async def watch_missing() -> None:
+        async for _ in workflows.WatchExecution(wp.WatchExecutionRequest(**missing)):
+            pass
+
+    for call in (
+        workflows.GetExecution(wp.GetExecutionRequest(**missing)),
+        workflows.ApproveExecution(wp.ApproveExecutionRequest(**missing)),
+        workflows.RejectExecution(wp.RejectExecutionRequest(**missing)),
+        workflows.SuspendExecution(wp.SuspendExecutionRequest(**missing)),
+        workflows.ResumeExecution(wp.ResumeExecutionRequest(**missing)),
+        workflows.CancelExecution(wp.CancelExecutionRequest(**missing)),
+        watch_missing(),
+    ):
+        err = await expect_error(call, Code.NOT_FOUND)
+        assert "exe_missing" in (err.details() or ""), err.details()
+    missing_over_rest = await rest.post(
+        f"/v1/workflows/{workflow.id}/executions/exe_missing/reject", json={}
     )
+    assert missing_over_rest.status_code == 404, missing_over_rest.text
     await expect_error(
         workflows.GetExecution(
             wp.GetExecutionRequest(workflow_id="other-workflow", execution_id=execution.id)
@@ -549,3 +579,357 @@ async def test_join_any_loop_until_and_condition_else(
     assert attempts(done, "never") == []
     pick = attempts(done, "pick")[0].output.struct_value
     assert pick["result"] is False and pick["branch"] == "otherwise"
+
+
+async def test_an_execution_runs_its_pinned_version_to_the_end(
+    stubs: tuple[workflow_pb2_grpc.WorkflowServiceAsyncStub, agent_pb2_grpc.AgentServiceAsyncStub],
+) -> None:
+    workflows, _ = stubs
+    workflow = await create_workflow(
+        workflows,
+        [
+            {"name": "ask", "approval": {"prompt": "v1?"}, "next": "v1_step"},
+            calc("v1_step", "{{ steps.ask.output.n }} + 1"),
+        ],
+    )
+    old = await execute(workflows, workflow.id)
+    await wait_state(workflows, workflow.id, old.id, {WAITING_APPROVAL})
+    # Version 2 changes the steps after the approval the old execution waits on.
+    updated = await workflows.UpdateWorkflow(
+        wp.UpdateWorkflowRequest(
+            workflow=workflow_message(
+                [
+                    {"name": "ask", "approval": {"prompt": "v2?"}, "next": "v2_step"},
+                    calc("v2_step", "{{ steps.ask.output.n }} * 100", next="v2_more"),
+                    calc("v2_more", "{{ steps.v2_step.output }} + 5"),
+                ],
+                id=workflow.id,
+            )
+        )
+    )
+    assert updated.version == 2
+    new = await execute(workflows, workflow.id)
+    assert (old.workflow_version, new.workflow_version) == (1, 2)
+    await wait_state(workflows, workflow.id, new.id, {WAITING_APPROVAL})
+    for execution in (old, new):
+        request = wp.ApproveExecutionRequest(workflow_id=workflow.id, execution_id=execution.id)
+        request.input.update({"n": 7})
+        await workflows.ApproveExecution(request)
+
+    done_old = await wait_state(workflows, workflow.id, old.id, TERMINAL)
+    assert done_old.state == COMPLETED, done_old.error
+    assert done_old.workflow_version == 1
+    assert [s.key for s in done_old.steps] == ["ask", "v1_step"]
+    assert attempts(done_old, "ask")[0].input.struct_value["prompt"] == "v1?"
+    assert done_old.output.number_value == 8
+    done_new = await wait_state(workflows, workflow.id, new.id, TERMINAL)
+    assert done_new.state == COMPLETED, done_new.error
+    assert done_new.workflow_version == 2
+    assert [s.key for s in done_new.steps] == ["ask", "v2_step", "v2_more"]
+    assert attempts(done_new, "ask")[0].input.struct_value["prompt"] == "v2?"
+    assert done_new.output.number_value == 705
+
+
+async def test_reject_over_rest_fails_the_execution(
+    stubs: tuple[workflow_pb2_grpc.WorkflowServiceAsyncStub, agent_pb2_grpc.AgentServiceAsyncStub],
+    rest: httpx.AsyncClient,
+) -> None:
+    workflows, _ = stubs
+    workflow = await create_workflow(
+        workflows,
+        [
+            calc("before", "2 + 2", next="ask"),
+            {"name": "ask", "approval": {"prompt": "Go on?"}, "next": "after"},
+            calc("after", "1"),
+        ],
+    )
+    execution = await execute(workflows, workflow.id)
+    await wait_state(workflows, workflow.id, execution.id, {WAITING_APPROVAL})
+    base = f"/v1/workflows/{workflow.id}/executions/{execution.id}"
+    response = await rest.post(f"{base}/reject", json={"reason": "numbers look off"})
+    assert response.status_code == 200, response.text
+    rejected = response.json()
+    assert rejected["id"] == execution.id and rejected["workflow_id"] == workflow.id
+    assert rejected["state"] == "EXECUTION_STATE_FAILED"
+    assert rejected["error"] == "step 'ask' was rejected: numbers look off"
+    assert rejected["end_time"]
+    steps = [(s["key"], s["state"], s.get("error", "")) for s in rejected["steps"]]
+    assert steps == [
+        ("before", "STEP_EXECUTION_STATE_COMPLETED", ""),
+        ("ask", "STEP_EXECUTION_STATE_FAILED", "rejected: numbers look off"),
+    ]
+    assert (await rest.get(base)).json() == rejected
+    events = [e async for e in sse(rest, f"{base}/watch")]
+    assert events[-1].state_changed.state == wp.EXECUTION_STATE_FAILED
+    assert events[-1].state_changed.error == rejected["error"]
+    failed = [e.step_failed for e in events if e.WhichOneof("event") == "step_failed"]
+    assert [(f.step_name, f.error) for f in failed] == [("ask", "rejected: numbers look off")]
+    # Decided once: a second reject or an approve is refused.
+    for verb in ("reject", "approve"):
+        again = await rest.post(f"{base}/{verb}", json={})
+        assert again.status_code == 400, again.text
+        assert again.json()["code"] == 9 and "it is FAILED" in again.json()["message"]
+
+
+async def test_an_agent_step_reads_an_earlier_steps_output(
+    stubs: tuple[workflow_pb2_grpc.WorkflowServiceAsyncStub, agent_pb2_grpc.AgentServiceAsyncStub],
+) -> None:
+    workflows, agents = stubs
+    echo = await scripted_agent(agents)  # no script: it answers "Echo: <the message>"
+    workflow = await create_workflow(
+        workflows,
+        [
+            calc("add", "20 + 22", next="tell"),
+            {
+                "name": "tell",
+                "agent": {
+                    "agent_id": echo.id,
+                    "input": "The answer is {{ steps.add.output }} for {{ input.who }}",
+                },
+            },
+        ],
+    )
+    execution = await execute(workflows, workflow.id, {"who": "Ada"})
+    done = await wait_state(workflows, workflow.id, execution.id, TERMINAL)
+    assert done.state == COMPLETED, done.error
+    tell = attempts(done, "tell")[0]
+    assert tell.input.string_value == "The answer is 42 for Ada"
+    # The provider got the rendered message: it echoes it back.
+    assert tell.output.string_value == "Echo: The answer is 42 for Ada"
+    assert done.output.string_value == "Echo: The answer is 42 for Ada"
+    run = await agents.GetRun(agent_pb2.GetRunRequest(run_id=tell.run_id))
+    assert run.status == run_pb2.RUN_STATUS_COMPLETED
+
+
+STEP_TIMED_OUT = "step {!r} timed out: the steps inside it took longer than {} s (its timeout)"
+
+
+async def test_a_composite_timeout_cancels_the_steps_inside_and_fails_the_step(
+    any_stack: Stack,
+    stubs: tuple[workflow_pb2_grpc.WorkflowServiceAsyncStub, agent_pb2_grpc.AgentServiceAsyncStub],
+    endpoint: Endpoint,  # noqa: F811
+) -> None:
+    workflows, agents = stubs
+    slow_agent = await scripted_agent(agents, script=[{"text": words(300)}], delay_ms=30)
+    slow_tool = await echo_tool(any_stack.grpc_target, endpoint.url("/slow"))
+    fan = await create_workflow(
+        workflows,
+        [
+            {
+                "name": "fan",
+                "parallel": {"branches": ["left", "right"]},
+                "timeout": "1.5s",
+                "next": "after",
+            },
+            {"name": "left", "agent": {"agent_id": slow_agent.id, "input": "left"}},
+            calc("right", "1 + 1", next="nap"),
+            {"name": "nap", "wait": "60s"},
+            calc("after", "0"),
+        ],
+    )
+    around = await create_workflow(
+        workflows,
+        [
+            {"name": "around", "loop": {"body": "tick"}, "timeout": "1.2s"},
+            {"name": "tick", "wait": "0.5s"},
+        ],
+    )
+    check = await create_workflow(
+        workflows,
+        [
+            {
+                "name": "check",
+                "condition": {
+                    "expression": "input.slow",
+                    "then_step": "call",
+                    "else_step": "quick",
+                },
+                "timeout": "0.5s",
+            },
+            {"name": "call", "tool": {"tool_id": slow_tool}},
+            calc("quick", "6 * 7"),
+        ],
+    )
+    started = [
+        (fan.id, await execute(workflows, fan.id)),
+        (around.id, await execute(workflows, around.id)),
+        (check.id, await execute(workflows, check.id, {"slow": True})),
+        (check.id, await execute(workflows, check.id, {"slow": False})),
+    ]
+    fan_done, around_done, check_done, quick_done = [
+        await wait_state(workflows, workflow_id, execution.id, TERMINAL)
+        for workflow_id, execution in started
+    ]
+
+    # Parallel: the agent branch and the waiting step are cancelled, the
+    # completed step stays, the step after the parallel one never starts.
+    assert fan_done.state == wp.EXECUTION_STATE_FAILED
+    assert fan_done.error == STEP_TIMED_OUT.format("fan", "1.5")
+    fan_attempt = attempts(fan_done, "fan")[0]
+    assert fan_attempt.state == wp.STEP_EXECUTION_STATE_FAILED
+    assert fan_attempt.error == fan_done.error
+    elapsed = fan_attempt.end_time.ToDatetime() - fan_attempt.start_time.ToDatetime()
+    assert 1.5 <= elapsed.total_seconds() < 5
+    states = {s.key: (s.state, s.error) for s in fan_done.steps}
+    stopped = (wp.STEP_EXECUTION_STATE_CANCELLED, "cancelled: step 'fan' timed out")
+    assert states["left"] == stopped and states["nap"] == stopped
+    assert states["right"] == (wp.STEP_EXECUTION_STATE_COMPLETED, "")
+    assert "after" not in states
+    run_id = attempts(fan_done, "left")[0].run_id
+    async with asyncio.timeout(15):
+        while True:
+            run = await agents.GetRun(agent_pb2.GetRunRequest(run_id=run_id))
+            if run.status == run_pb2.RUN_STATUS_CANCELLED:
+                break
+            assert run.status in (run_pb2.RUN_STATUS_QUEUED, run_pb2.RUN_STATUS_RUNNING)
+            await asyncio.sleep(0.05)
+
+    # Loop: the iterations done stay done; the one running is cancelled.
+    assert around_done.state == wp.EXECUTION_STATE_FAILED
+    assert around_done.error == STEP_TIMED_OUT.format("around", "1.2")
+    ticks = [s for s in around_done.steps if s.step_name == "tick"]
+    assert [s.key for s in ticks] == [f"around[{i}]/tick" for i in range(1, len(ticks) + 1)]
+    assert len(ticks) >= 2
+    assert all(s.state == wp.STEP_EXECUTION_STATE_COMPLETED for s in ticks[:-1])
+    assert (ticks[-1].state, ticks[-1].error) == (
+        wp.STEP_EXECUTION_STATE_CANCELLED,
+        "cancelled: step 'around' timed out",
+    )
+
+    # Condition: the slow arm is cut short; the quick arm finishes in time.
+    assert check_done.state == wp.EXECUTION_STATE_FAILED
+    assert check_done.error == STEP_TIMED_OUT.format("check", "0.5")
+    assert attempts(check_done, "call")[0].state == wp.STEP_EXECUTION_STATE_CANCELLED
+    assert quick_done.state == COMPLETED, quick_done.error
+    assert quick_done.output.struct_value["output"] == 42
+
+
+async def test_a_composite_deadline_counts_from_its_first_start_across_a_restart(
+    tmp_path: Path,
+) -> None:
+    ports = Ports()
+    server = start_server(ports, tmp_path)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
+            workflows = workflow_pb2_grpc.WorkflowServiceStub(channel)
+            workflow = await create_workflow(
+                workflows,
+                [
+                    {
+                        "name": "around",
+                        "loop": {"body": "nap", "max_iterations": 1},
+                        "timeout": "4s",
+                    },
+                    {"name": "nap", "wait": "60s"},
+                ],
+            )
+            execution = await execute(workflows, workflow.id)
+            waiting = await wait_step(
+                workflows, workflow.id, execution.id, "nap", wp.STEP_EXECUTION_STATE_WAITING
+            )
+        assert server.stop() == 0, server.log_tail()
+        # Down past the deadline: a deadline counted from the restart would
+        # give the loop 4 s more.
+        first_start = attempts(waiting, "around")[0].start_time.ToDatetime(tzinfo=UTC)
+        await asyncio.sleep(max(0.0, (first_start - datetime.now(UTC)).total_seconds() + 4.5))
+        server = start_server(ports, tmp_path)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
+            workflows = workflow_pb2_grpc.WorkflowServiceStub(channel)
+            done = await wait_state(workflows, workflow.id, execution.id, TERMINAL)
+        assert done.state == wp.EXECUTION_STATE_FAILED
+        assert done.error == STEP_TIMED_OUT.format("around", "4")
+        loop = attempts(done, "around")
+        assert [(a.attempt, a.state) for a in loop] == [
+            (1, wp.STEP_EXECUTION_STATE_CANCELLED),
+            (2, wp.STEP_EXECUTION_STATE_FAILED),
+        ]
+        assert "shut down" in loop[0].error
+        # The second attempt failed at once: its deadline was the first one's.
+        second = loop[1].end_time.ToDatetime() - loop[1].start_time.ToDatetime()
+        assert second < timedelta(seconds=1), second
+        nap = attempts(done, "around[1]/nap")
+        assert [(a.state, a.error) for a in nap] == [
+            (wp.STEP_EXECUTION_STATE_CANCELLED, "cancelled: step 'around' timed out")
+        ]
+    finally:
+        assert server.stop() == 0, server.log_tail()
+
+
+APPROVAL_TIMED_OUT = "approval not given within 2 s (its timeout)"
+
+
+async def test_an_approval_not_given_in_time_fails_the_execution(
+    stubs: tuple[workflow_pb2_grpc.WorkflowServiceAsyncStub, agent_pb2_grpc.AgentServiceAsyncStub],
+    rest: httpx.AsyncClient,
+) -> None:
+    workflows, _ = stubs
+    workflow = await create_workflow(
+        workflows,
+        [
+            {"name": "ask", "approval": {"prompt": "Quick?"}, "timeout": "2s", "next": "end"},
+            calc("end", "1 + 1"),
+        ],
+    )
+    inside = await create_workflow(
+        workflows,
+        [
+            {"name": "around", "loop": {"body": "ask", "max_iterations": 1}, "timeout": "1.5s"},
+            {"name": "ask", "approval": {"prompt": "Inside?"}},
+        ],
+    )
+    late = await execute(workflows, workflow.id)
+    in_time = await execute(workflows, workflow.id)
+    boxed = await execute(workflows, inside.id)
+    waiting = await wait_state(workflows, workflow.id, late.id, {WAITING_APPROVAL})
+    ask = attempts(waiting, "ask")[0]
+    deadline = ask.wake_time.ToDatetime() - ask.start_time.ToDatetime()
+    assert deadline == timedelta(seconds=2)
+    # Approved before its deadline: the execution goes on.
+    await wait_state(workflows, workflow.id, in_time.id, {WAITING_APPROVAL})
+    await workflows.ApproveExecution(
+        wp.ApproveExecutionRequest(workflow_id=workflow.id, execution_id=in_time.id)
+    )
+    done = await wait_state(workflows, workflow.id, in_time.id, TERMINAL)
+    assert done.state == COMPLETED, done.error
+
+    # Not approved: the worker wakes the execution at the deadline and it fails.
+    failed = await wait_state(workflows, workflow.id, late.id, TERMINAL, limit_s=15)
+    assert failed.state == wp.EXECUTION_STATE_FAILED
+    assert failed.error == f"step 'ask' failed: {APPROVAL_TIMED_OUT}"
+    assert [(s.key, s.state, s.error) for s in failed.steps] == [
+        ("ask", wp.STEP_EXECUTION_STATE_FAILED, APPROVAL_TIMED_OUT)
+    ]
+    ended = failed.steps[0].end_time.ToDatetime()
+    assert ended >= failed.steps[0].wake_time.ToDatetime()
+    ids: dict[str, Any] = {"workflow_id": workflow.id, "execution_id": late.id}
+    err = await expect_error(
+        workflows.ApproveExecution(wp.ApproveExecutionRequest(**ids)), Code.FAILED_PRECONDITION
+    )
+    assert "it is FAILED" in (err.details() or "")
+    base = f"/v1/workflows/{workflow.id}/executions/{late.id}"
+    approve = await rest.post(f"{base}/approve", json={})
+    assert approve.status_code == 400 and approve.json()["code"] == 9, approve.text
+    events = [e async for e in sse(rest, f"{base}/watch")]
+    states = [e.state_changed.state for e in events if e.WhichOneof("event") == "state_changed"]
+    assert states == [
+        wp.EXECUTION_STATE_PENDING,
+        wp.EXECUTION_STATE_RUNNING,
+        WAITING_APPROVAL,
+        wp.EXECUTION_STATE_PENDING,  # woken at the deadline
+        wp.EXECUTION_STATE_RUNNING,
+        wp.EXECUTION_STATE_FAILED,
+    ]
+    assert events[-1].state_changed.error == failed.error
+
+    # An approval inside a composite step waits until that step's deadline
+    # at the latest; then the composite step fails.
+    boxed_done = await wait_state(workflows, inside.id, boxed.id, TERMINAL, limit_s=15)
+    assert boxed_done.state == wp.EXECUTION_STATE_FAILED
+    assert boxed_done.error == STEP_TIMED_OUT.format("around", "1.5")
+    loop = attempts(boxed_done, "around")[0]
+    inner = attempts(boxed_done, "around[1]/ask")[0]
+    assert inner.wake_time.ToDatetime() - loop.start_time.ToDatetime() == timedelta(seconds=1.5)
+    assert (inner.state, inner.error) == (
+        wp.STEP_EXECUTION_STATE_CANCELLED,
+        "cancelled: step 'around' timed out",
+    )

@@ -334,6 +334,62 @@ CASES = [
         "tick",
         "negative",
     ),
+    (
+        "retry on a parallel step",
+        _set("@fanout.retry", {"max_attempts": 2}),
+        "workflow.steps[1].retry",
+        "fanout",
+        "retry applies to agent and tool steps only, not to a parallel step",
+    ),
+    (
+        "retry on a condition step",
+        _set("@route.retry", {"max_attempts": 3}),
+        "workflow.steps[4].retry",
+        "route",
+        "not to a condition step: a composite step is not run again as a whole",
+    ),
+    (
+        "retry on a loop step",
+        _set("@repeat.retry", {"initial_backoff": "1s"}),
+        "workflow.steps[6].retry",
+        "repeat",
+        "not to a loop step",
+    ),
+    (
+        "retry on an approval",
+        _set("@page.retry", {"max_attempts": 2}),
+        "workflow.steps[5].retry",
+        "page",
+        "not to an approval step: an approval is decided once",
+    ),
+    (
+        "retry on a wait",
+        _set("@b.retry", {"max_attempts": 2}),
+        "workflow.steps[3].retry",
+        "b",
+        "a wait step cannot fail",
+    ),
+    (
+        "timeout on a wait",
+        _set("@b.timeout", "1s"),
+        "workflow.steps[3].timeout",
+        "b",
+        "a wait step takes no timeout",
+    ),
+    (
+        "negative timeout on a loop",
+        _set("@repeat.timeout", "-1s"),
+        "workflow.steps[6].timeout",
+        "repeat",
+        "negative",
+    ),
+    (
+        "approval timeout over a year",
+        _set("@page.timeout", "40000000s"),
+        "workflow.steps[5].timeout",
+        "page",
+        "365 days",
+    ),
     ("negative wait", _set("@b.wait", "-1s"), "workflow.steps[3].wait", "b", "negative"),
     ("wait over a year", _set("@b.wait", "40000000s"), "workflow.steps[3].wait", "b", "365 days"),
     (
@@ -410,3 +466,22 @@ def test_a_cycle_message_shows_the_path() -> None:
     with pytest.raises(InvalidArgument) as caught:
         validate_workflow_spec(_spec(_with(_set("@tick.next", "repeat"))))
     assert "repeat -> tick -> repeat" in caught.value.message
+
+
+def test_timeouts_on_composite_and_approval_steps_and_no_op_retries_pass() -> None:
+    def change(data: dict[str, Any]) -> None:
+        for name in ("fanout", "route", "repeat", "page"):
+            _step(data, name)["timeout"] = "90s"
+        # A policy of one attempt is no retry at all: every kind accepts it.
+        for name in ("fanout", "b", "done"):
+            _step(data, name)["retry"] = {"max_attempts": 1}
+
+    spec = _spec(_with(change))
+    validate_workflow_spec(spec)
+    assert {s.name for s in spec.steps if s.timeout} == {
+        "fanout",
+        "route",
+        "repeat",
+        "page",
+        "tick",
+    }

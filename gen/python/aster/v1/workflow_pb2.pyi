@@ -275,12 +275,18 @@ class WorkflowStep(_message.Message):
     """
     @_builtins.property
     def retry(self) -> Global___WorkflowRetryPolicy:
-        """How a failed attempt is retried. Unset: the step is tried once."""
+        """How a failed attempt is retried, for agent and tool steps. Unset: the
+        step is tried once. On any other kind, a policy of more than one attempt
+        is refused (INVALID_ARGUMENT).
+        """
 
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
-        """How long one attempt may take; when it passes, the attempt fails.
-        Unset: no limit.
+        """How long the step may take; when it passes, the step fails. Agent and
+        tool steps: per attempt. Parallel, condition and loop steps: over
+        everything inside them, counted from the first attempt's start.
+        Approval steps: until the decision. Refused on wait steps. Unset: no
+        limit.
         """
 
     @_builtins.property

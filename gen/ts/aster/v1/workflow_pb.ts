@@ -147,15 +147,20 @@ export type WorkflowStep = Message<"aster.v1.WorkflowStep"> & {
   next: string;
 
   /**
-   * How a failed attempt is retried. Unset: the step is tried once.
+   * How a failed attempt is retried, for agent and tool steps. Unset: the
+   * step is tried once. On any other kind, a policy of more than one attempt
+   * is refused (INVALID_ARGUMENT).
    *
    * @generated from field: aster.v1.WorkflowRetryPolicy retry = 4;
    */
   retry?: WorkflowRetryPolicy | undefined;
 
   /**
-   * How long one attempt may take; when it passes, the attempt fails.
-   * Unset: no limit.
+   * How long the step may take; when it passes, the step fails. Agent and
+   * tool steps: per attempt. Parallel, condition and loop steps: over
+   * everything inside them, counted from the first attempt's start.
+   * Approval steps: until the decision. Refused on wait steps. Unset: no
+   * limit.
    *
    * @generated from field: google.protobuf.Duration timeout = 5;
    */
