@@ -1,6 +1,11 @@
 """ConsolidateMemory: promotes a scope's working-memory entries to semantic
 memories, then merges the scope's near-duplicates into one memory each,
-summarised by the scope agent's model, and marks the sources superseded."""
+summarised by the scope agent's model, and marks the sources superseded.
+
+The scope's agent is the first of: the scope's `agent_id`; the agent of its
+session; its room's leader (the first agent member with the role leader),
+else the room's first agent member. The tenant's shared scope has no agent:
+its merges are extractive."""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import structlog
 from aster.server.agents.models import Agent
 from aster.server.agents.service import AgentService
 from aster.server.clock import utcnow
-from aster.server.errors import EtagMismatch
+from aster.server.errors import EtagMismatch, NotFound
 from aster.server.ids import new_id
 from aster.server.memory.semantic_models import (
     ConsolidationReport,
@@ -27,6 +32,7 @@ from aster.server.memory.semantic_service import ID_PREFIX, SemanticMemoryServic
 from aster.server.memory.semantic_validation import MAX_TEXT, check_threshold
 from aster.server.providers.base import ChatMessage, ModelRequest, TextDelta
 from aster.server.providers.registry import ProviderRegistry
+from aster.server.rooms.models import RoomRole
 
 _log = structlog.get_logger("aster.memory")
 
@@ -51,21 +57,67 @@ class WorkingEntries(Protocol):
         """One page (`items`, `next_page_token`) of the scope's entries."""
 
 
+class SessionLookup(Protocol):
+    """Reads a session (SessionRepository): its `spec.agent_id`."""
+
+    async def get(self, tenant: str, session_id: str) -> Any:
+        """The session, or NOT_FOUND."""
+
+
+class RoomLookup(Protocol):
+    """Reads a room with its members (RoomRepository)."""
+
+    async def get(self, tenant: str, room_id: str) -> Any:
+        """The room (`spec.members`), or NOT_FOUND."""
+
+
 class Summarizer:
     """Writes the merged text of near-duplicate memories with the scope
-    agent's model. Without an agent, or for a `scripted` agent without a
-    `script`, the merge is extractive and deterministic: the longest text
-    (the earliest of equally long ones)."""
+    agent's model (see the module doc for which agent that is). Without an
+    agent (the tenant's shared scope, a room without agents, an agent
+    deleted since), or for a `scripted` agent without a `script`, the merge
+    is extractive and deterministic: the longest text (the earliest of
+    equally long ones)."""
 
-    def __init__(self, agents: AgentService | None, providers: ProviderRegistry | None) -> None:
+    def __init__(
+        self,
+        agents: AgentService | None,
+        providers: ProviderRegistry | None,
+        sessions: SessionLookup | None = None,
+        rooms: RoomLookup | None = None,
+    ) -> None:
         self._agents = agents
         self._providers = providers
+        self._sessions = sessions
+        self._rooms = rooms
+
+    async def scope_agent_id(self, tenant: str, scope: Scope) -> str:
+        """The id of the agent whose model summarises `scope`; empty for none."""
+        if scope.agent_id:
+            return scope.agent_id
+        if scope.session_id and self._sessions is not None:
+            session = await self._sessions.get(tenant, scope.session_id)
+            return str(session.spec.agent_id)
+        if scope.room_id and self._rooms is not None:
+            room = await self._rooms.get(tenant, scope.room_id)
+            agents = [m for m in room.spec.members if m.who.is_agent]
+            leader = next((m for m in agents if m.role is RoomRole.LEADER), None)
+            chosen = leader or (agents[0] if agents else None)
+            return str(chosen.who.agent_id) if chosen is not None else ""
+        return ""
 
     async def merge(self, tenant: str, scope: Scope, texts: Sequence[str]) -> str:
         """One text for `texts` (oldest first)."""
         agent = None
-        if scope.agent_id and self._agents is not None and self._providers is not None:
-            agent = await self._agents.get(tenant, scope.agent_id)
+        if self._agents is not None and self._providers is not None:
+            agent_id = await self.scope_agent_id(tenant, scope)
+            if agent_id:
+                try:
+                    agent = await self._agents.get(tenant, agent_id)
+                except NotFound:
+                    # The session's or room's agent was deleted; the scope
+                    # itself still exists.
+                    agent = None
         if agent is None or _scripted_without_script(agent):
             return extractive_merge(texts)
         assert self._providers is not None

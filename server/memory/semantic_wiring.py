@@ -6,10 +6,17 @@ from __future__ import annotations
 from aster.server.agents.service import AgentService
 from aster.server.config import Settings
 from aster.server.errors import StartupError
+from aster.server.ids import check_id
 from aster.server.memory.auto_recall import AutoRecall
-from aster.server.memory.consolidation import Consolidator, Summarizer, WorkingEntries
+from aster.server.memory.consolidation import (
+    Consolidator,
+    RoomLookup,
+    Summarizer,
+    WorkingEntries,
+)
 from aster.server.memory.embedders.base import EmbedderUnavailable
 from aster.server.memory.embedders.registry import build_embedder
+from aster.server.memory.semantic_models import Scope
 from aster.server.memory.semantic_service import ScopeCheck, SemanticMemoryService
 from aster.server.memory.semantic_servicer import SemanticMemory
 from aster.server.memory.semantic_tools import SemanticMemoryTools
@@ -17,8 +24,29 @@ from aster.server.memory.vector_index import AutoVectorIndex
 from aster.server.providers.registry import ProviderRegistry
 from aster.server.runs.executor import RunExecutor
 from aster.server.storage.database import Database
+from aster.server.storage.room_repository import RoomRepository
 from aster.server.storage.semantic_memory_repository import SemanticMemoryRepository
+from aster.server.storage.session_repository import SessionRepository
 from aster.server.tools.service import ToolService
+
+
+class RoomsExist:
+    """A scope check that also requires the scope's room to exist in the
+    caller's tenant (NOT_FOUND otherwise, as for an unknown or another
+    tenant's agent or session), after the checks of `inner`."""
+
+    def __init__(self, inner: ScopeCheck | None, rooms: RoomLookup) -> None:
+        self._inner = inner
+        self._rooms = rooms
+
+    async def check(self, tenant: str, scope: Scope, prefix: str = "") -> Scope:
+        """`scope`, or INVALID_ARGUMENT/NOT_FOUND naming the field."""
+        if self._inner is not None:
+            scope = await self._inner.check(tenant, scope, prefix)
+        if scope.room_id:
+            check_id(scope.room_id, f"{prefix}room_id")
+            await self._rooms.get(tenant, scope.room_id)
+        return scope
 
 
 def build_semantic_memory(
@@ -35,6 +63,7 @@ def build_semantic_memory(
     """Semantic memory wired into the tools and the run executor. Raises
     EmbedderUnavailable if ASTER_EMBEDDER names an embedder not installed."""
     repository = SemanticMemoryRepository(database)
+    rooms = RoomRepository(database)
     try:
         embedder = build_embedder(
             settings.embedder,
@@ -47,11 +76,11 @@ def build_semantic_memory(
         repository,
         embedder,
         AutoVectorIndex(repository, settings.memory_cache_max_vectors),
-        scopes,
+        RoomsExist(scopes, rooms),
     )
     consolidator = Consolidator(
         service,
-        Summarizer(agents, providers),
+        Summarizer(agents, providers, SessionRepository(database), rooms),
         working,
         settings.memory_consolidate_threshold,
     )

@@ -30,8 +30,9 @@ def _describe(member: Member) -> str:
 
 
 def speaker_label(message: RoomMessage) -> str:
-    """How a message's speaker is shown to agents."""
-    return message.speaker.key or "task"
+    """How a message's speaker is shown to agents: the task of a
+    collaboration as `task`."""
+    return "task" if message.speaker.is_system else message.speaker.key
 
 
 def room_context(

@@ -13,6 +13,7 @@ from aster.server.rooms.models import (
     LEAVE,
     MESSAGE,
     RUN_UPDATE,
+    SYSTEM_PARTICIPANT,
     TURN_CHANGE,
     TYPING,
     Member,
@@ -104,8 +105,10 @@ def message_to_proto(message: RoomMessage) -> room_pb2.RoomMessage:
     )
     if message.speaker.agent_id:
         out.agent_id = message.speaker.agent_id
-    elif message.speaker.participant_id:
-        out.participant_id = message.speaker.participant_id
+    else:
+        # A task stored before tasks had a speaker has neither id: it is the
+        # system's too, so that every message names its speaker.
+        out.participant_id = message.speaker.participant_id or SYSTEM_PARTICIPANT
     if message.create_time is not None:
         out.create_time.CopyFrom(timestamp(message.create_time))
     return out

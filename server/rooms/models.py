@@ -27,10 +27,16 @@ class RoomStrategy(StrEnum):
     MENTION = "mention"
 
 
+# The speaker of the task that opens a collaboration: RunRoom names no
+# member, so the task is posted as this reserved participant, which no member
+# may take as its participant_id.
+SYSTEM_PARTICIPANT = "system"
+
+
 @dataclass(frozen=True)
 class Speaker:
     """An agent (`agent_id`) or a human (`participant_id`); exactly one is
-    set, except for the task of a collaboration (neither)."""
+    set. The task of a collaboration is posted by `Speaker.system()`."""
 
     agent_id: str = ""
     participant_id: str = ""
@@ -44,6 +50,17 @@ class Speaker:
     def is_agent(self) -> bool:
         """True for an agent."""
         return bool(self.agent_id)
+
+    @property
+    def is_system(self) -> bool:
+        """True for the task of a collaboration (also a message stored
+        before the task had a speaker: neither id)."""
+        return not self.agent_id and self.participant_id in ("", SYSTEM_PARTICIPANT)
+
+    @classmethod
+    def system(cls) -> Speaker:
+        """The speaker of the task that opens a collaboration."""
+        return cls(participant_id=SYSTEM_PARTICIPANT)
 
 
 @dataclass(frozen=True)

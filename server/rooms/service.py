@@ -41,6 +41,7 @@ from aster.server.rooms.models import (
 from aster.server.rooms.posting import post_message
 from aster.server.rooms.runner import RoomRunner
 from aster.server.rooms.validation import (
+    check_new_member,
     check_speaker,
     validate_room_spec,
     validate_run,
@@ -123,7 +124,7 @@ class RoomService:
     async def join(self, tenant: str, room_id: str, who: Speaker, role: RoomRole) -> Member:
         """Adds a member; ALREADY_EXISTS if it is one."""
         check_id(room_id, "room_id")
-        check_speaker(who)
+        check_new_member(who)
         if who.is_agent:
             await self._agent_exists(tenant, who.agent_id, "")
         member = Member(who, role, utcnow())
@@ -288,7 +289,12 @@ class RoomService:
             self._log,
             tenant,
             RoomMessage(
-                room_id, 0, Speaker(), task, tuple(parse_mentions(task, keys)), room_run_id=run.id
+                room_id,
+                0,
+                Speaker.system(),
+                task,
+                tuple(parse_mentions(task, keys)),
+                room_run_id=run.id,
             ),
         )
         self._runner.launch(Collaboration(self._deps, tenant, run, opening))

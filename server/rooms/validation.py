@@ -10,7 +10,13 @@ from aster.server.display_text import check_display_name
 from aster.server.errors import InvalidArgument
 from aster.server.ids import check_id
 from aster.server.labels import validate_labels
-from aster.server.rooms.models import RoomRole, RoomSpec, RoomStrategy, Speaker
+from aster.server.rooms.models import (
+    SYSTEM_PARTICIPANT,
+    RoomRole,
+    RoomSpec,
+    RoomStrategy,
+    Speaker,
+)
 
 MAX_MEMBERS = 100
 MAX_TEXT = 100_000
@@ -63,6 +69,18 @@ def check_speaker(who: Speaker, prefix: str = "") -> Speaker:
     return who
 
 
+def check_new_member(who: Speaker, prefix: str = "") -> Speaker:
+    """`who` (see check_speaker) if it may become a member: the participant
+    id `system` is reserved for the task of a collaboration."""
+    check_speaker(who, prefix)
+    if not who.is_agent and who.participant_id == SYSTEM_PARTICIPANT:
+        raise _fail(
+            f"{prefix}participant_id",
+            f"{SYSTEM_PARTICIPANT!r} is reserved for the task of a collaboration",
+        )
+    return who
+
+
 def validate_room_spec(spec: RoomSpec) -> None:
     """Raises InvalidArgument for the first field of `spec` that breaks a rule."""
     check_display_name(spec.display_name, "room.display_name")
@@ -70,7 +88,7 @@ def validate_room_spec(spec: RoomSpec) -> None:
         raise _fail("room.members", f"at most {MAX_MEMBERS} members")
     seen: set[tuple[bool, str]] = set()
     for index, member in enumerate(spec.members):
-        check_speaker(member.who, f"room.members[{index}].")
+        check_new_member(member.who, f"room.members[{index}].")
         key = (member.who.is_agent, member.who.key)
         if key in seen:
             raise _fail(f"room.members[{index}]", f"{member.who.key!r} is listed twice")

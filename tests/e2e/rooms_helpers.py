@@ -3,23 +3,49 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
-from aster.v1 import agent_pb2_grpc, room_pb2, room_pb2_grpc, run_pb2
+from google.protobuf import struct_pb2
+
+from aster.v1 import agent_pb2, agent_pb2_grpc, room_pb2, room_pb2_grpc, run_pb2
 from tests.chat_helpers import scripted_agent
 
 LEADER = "leader"
 WORKER = "worker"
 OBSERVER = "observer"
+# The speaker (participant_id) of the task that opens a collaboration.
+SYSTEM = "system"
+
+
+def agent_id(name: str) -> str:
+    """A fresh agent id to propose, so that scripts can mention agents
+    created after them."""
+    return f"agt_{name}_{uuid.uuid4().hex[:10]}"
 
 
 async def agent(
-    agents: agent_pb2_grpc.AgentServiceStub, *texts: str, calls: list[Any] | None = None, **kw: Any
+    agents: agent_pb2_grpc.AgentServiceStub,
+    *texts: str,
+    calls: list[Any] | None = None,
+    agent_id: str = "",
+    **kw: Any,
 ) -> str:
-    """A scripted agent replying `texts` in turn; its id."""
+    """A scripted agent replying `texts` in turn (with the id `agent_id`,
+    if given); its id."""
     script: list[dict[str, Any]] = [{"text": t} for t in texts]
     if calls is not None:
         script = calls
+    if agent_id:
+        params = struct_pb2.Struct()
+        params.update({"script": script, "token_delay_ms": kw.pop("delay_ms", 0)})
+        spec = agent_pb2.Agent(
+            display_name=f"scripted-{agent_id[-6:]}",
+            model=agent_pb2.ModelConfig(provider="scripted", params=params),
+            **kw,
+        )
+        request = agent_pb2.CreateAgentRequest(agent=spec, agent_id=agent_id)
+        return (await agents.CreateAgent(request)).id
     made = await scripted_agent(agents, script=script, **kw)
     return made.id
 
@@ -63,12 +89,15 @@ async def collect(
 
 
 def messages(events: list[room_pb2.RoomEvent]) -> list[tuple[str, str]]:
-    """(speaker, text) of the message events."""
-    return [
-        (e.message.agent_id or e.message.participant_id or "task", e.message.text)
-        for e in events
-        if e.WhichOneof("event") == "message"
-    ]
+    """(speaker, text) of the message events; every message has a speaker
+    (the task of a collaboration: SYSTEM)."""
+    found = []
+    for event in events:
+        if event.WhichOneof("event") == "message":
+            speaker = event.message.WhichOneof("speaker")
+            assert speaker is not None, event.message
+            found.append((getattr(event.message, speaker), event.message.text))
+    return found
 
 
 def kinds(events: list[room_pb2.RoomEvent]) -> list[str]:

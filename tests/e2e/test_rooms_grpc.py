@@ -4,23 +4,30 @@ collaboration strategy, with scripted agents."""
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
 
-from aster.v1 import agent_pb2_grpc, room_pb2, room_pb2_grpc, run_pb2
+from aster.v1 import agent_pb2, agent_pb2_grpc, room_pb2, room_pb2_grpc, run_pb2
 from tests.conftest import Stack
 from tests.e2e.rooms_helpers import (
     LEADER,
     OBSERVER,
+    SYSTEM,
     WORKER,
     agent,
+    agent_id,
     collect,
     kinds,
     messages,
     room,
     run_to_end,
 )
+from tests.fakes.model_server import FakeModelServer, FakeToolCall, Reply
 
 COMPLETED = run_pb2.RUN_STATUS_COMPLETED
 
@@ -229,6 +236,27 @@ async def test_bad_input(
             "zed",
         ),
         (
+            rooms.JoinRoom(room_pb2.JoinRoomRequest(room_id=made.id, participant_id=SYSTEM)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "participant_id: 'system' is reserved for the task of a collaboration",
+        ),
+        (
+            rooms.CreateRoom(
+                room_pb2.CreateRoomRequest(
+                    room=room_pb2.Room(
+                        display_name="r", members=[room_pb2.RoomMember(participant_id=SYSTEM)]
+                    )
+                )
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "room.members[0].participant_id: 'system' is reserved",
+        ),
+        (
+            rooms.Say(room_pb2.SayRequest(room_id=made.id, participant_id=SYSTEM, text="hi")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "not a member",
+        ),
+        (
             rooms.RunRoom(room_pb2.RunRoomRequest(room_id=made.id, task="")),
             grpc.StatusCode.INVALID_ARGUMENT,
             "task",
@@ -282,7 +310,7 @@ async def test_round_robin_takes_turns_and_streams_deltas(
     )
     assert run.usage.output_tokens > 0
     assert messages(events)[-5:] == [
-        ("task", "count"),
+        (SYSTEM, "count"),
         (a, "a one"),
         (b, "b one"),
         (a, "a two"),
@@ -332,7 +360,7 @@ async def test_leader_delegates_to_workers_and_answers(
     assert (run.status, run.result, run.turns) == (COMPLETED, "Final: Paris and Rome", 3)
     assert run.strategy == "leader"
     assert messages(events)[-6:] == [
-        ("task", "capitals"),
+        (SYSTEM, "capitals"),
         (leader, f"@{w1} capital of France?"),
         (w1, "Paris"),
         (leader, f"@{w2} capital of Italy?"),
@@ -393,7 +421,7 @@ async def test_a_worker_cannot_delegate_further(
     made = await room(rooms, [(leader, LEADER), (w1, WORKER), (w2, WORKER)])
     run, events = await run_to_end(rooms, made.id, task="t", strategy="leader")
     assert (run.status, run.turns, run.result) == (COMPLETED, 2, "Final")
-    assert [s for s, _ in messages(events)] == ["task", leader, w1, leader]
+    assert [s for s, _ in messages(events)] == [SYSTEM, leader, w1, leader]
 
 
 async def test_mention_strategy_answers_only_when_mentioned(
@@ -406,12 +434,104 @@ async def test_mention_strategy_answers_only_when_mentioned(
     run, events = await run_to_end(rooms, made.id, task=f"@{b} please", strategy="mention")
     assert (run.status, run.turns) == (COMPLETED, 2)
     assert messages(events)[-3:] == [
-        ("task", f"@{b} please"),
+        (SYSTEM, f"@{b} please"),
         (b, f"b asks @{c}"),
         (c, "c answers"),
     ]
     nobody, _ = await run_to_end(rooms, made.id, task="no mention", strategy="mention")
     assert (nobody.status, nobody.turns) == (COMPLETED, 0)
+
+
+async def test_mention_strategy_stops_at_max_turns(
+    agents: agent_pb2_grpc.AgentServiceStub, rooms: room_pb2_grpc.RoomServiceStub
+) -> None:
+    # b and c hand the word to each other forever: only max_turns ends it.
+    b, c = agent_id("b"), agent_id("c")
+    await agent(agents, f"@{c} your turn", agent_id=b)
+    await agent(agents, f"@{b} your turn", agent_id=c)
+    made = await room(rooms, [(b, WORKER), (c, WORKER)])
+    run, events = await run_to_end(
+        rooms, made.id, task=f"@{b} start", strategy="mention", max_turns=3
+    )
+    assert (run.status, run.turns, run.max_turns, run.error) == (COMPLETED, 3, 3, "")
+    assert run.result == f"@{c} your turn"
+    assert messages(events) == [
+        (SYSTEM, f"@{b} start"),
+        (b, f"@{c} your turn"),
+        (c, f"@{b} your turn"),
+        (b, f"@{c} your turn"),
+    ]
+    turns = [e.turn_change for e in events if e.WhichOneof("event") == "turn_change"]
+    assert [(t.turn, t.agent_id) for t in turns] == [(1, b), (2, c), (3, b)]
+
+
+async def test_mention_strategy_stops_at_the_stop_phrase(
+    agents: agent_pb2_grpc.AgentServiceStub, rooms: room_pb2_grpc.RoomServiceStub
+) -> None:
+    # c's reply says the stop phrase and mentions b again: without the phrase
+    # b would answer (and so on until max_turns).
+    b, c = agent_id("b"), agent_id("c")
+    await agent(agents, f"@{c} your turn", agent_id=b)
+    await agent(agents, f"All DONE. @{b} your turn", agent_id=c)
+    made = await room(rooms, [(b, WORKER), (c, WORKER)])
+    run, events = await run_to_end(
+        rooms,
+        made.id,
+        task=f"@{b} start",
+        strategy="mention",
+        max_turns=10,
+        stop_condition="all done",
+    )
+    assert (run.status, run.turns, run.error) == (COMPLETED, 2, "")
+    assert run.result == f"All DONE. @{b} your turn"
+    assert [s for s, _ in messages(events)] == [SYSTEM, b, c]
+
+
+async def test_leader_strategy_stops_when_a_worker_says_the_stop_phrase(
+    agents: agent_pb2_grpc.AgentServiceStub, rooms: room_pb2_grpc.RoomServiceStub
+) -> None:
+    w1 = await agent(agents, "FINISHED: the answer is 7")
+    w2 = await agent(agents, "w2 should never speak")
+    leader = await agent(
+        agents,
+        calls=[
+            {
+                "tool_calls": [
+                    {"name": "delegate", "arguments": {"worker": w1, "task": "solve"}},
+                    {"name": "delegate", "arguments": {"worker": w2, "task": "check"}},
+                ]
+            },
+            {"text": "Final: 7"},
+        ],
+    )
+    made = await room(rooms, [(leader, LEADER), (w1, WORKER), (w2, WORKER)])
+    run, events = await run_to_end(
+        rooms, made.id, task="t", strategy="leader", max_turns=10, stop_condition="finished"
+    )
+    # w1's stop phrase ends the delegations: w2 never gets a turn, and the
+    # leader still writes the final answer.
+    assert (run.status, run.turns, run.result) == (COMPLETED, 2, "Final: 7")
+    assert messages(events) == [
+        (SYSTEM, "t"),
+        (leader, f"@{w1} solve"),
+        (w1, "FINISHED: the answer is 7"),
+        (leader, "Final: 7"),
+    ]
+    turns = [e.turn_change for e in events if e.WhichOneof("event") == "turn_change"]
+    assert [t.agent_id for t in turns] == [leader, w1]
+
+
+async def test_leader_strategy_stops_when_the_leader_says_the_stop_phrase(
+    agents: agent_pb2_grpc.AgentServiceStub, rooms: room_pb2_grpc.RoomServiceStub
+) -> None:
+    w1 = await agent(agents, "w1 works")
+    leader = await agent(agents, "STOP here, no delegation needed")
+    made = await room(rooms, [(leader, LEADER), (w1, WORKER)])
+    run, events = await run_to_end(
+        rooms, made.id, task="t", strategy="leader", max_turns=10, stop_condition="stop"
+    )
+    assert (run.status, run.turns, run.result) == (COMPLETED, 1, "STOP here, no delegation needed")
+    assert [s for s, _ in messages(events)] == [SYSTEM, leader]
 
 
 async def test_mention_of_an_agent_that_left_meanwhile_is_skipped(
@@ -434,7 +554,7 @@ async def test_mention_of_an_agent_that_left_meanwhile_is_skipped(
     events = await collect(rooms, made.id, 0, run.id)
     final = await rooms.GetRoomRun(room_pb2.GetRoomRunRequest(room_id=made.id, id=run.id))
     assert (final.status, final.turns, final.error) == (COMPLETED, 1, "")
-    assert [s for s, _ in messages(events)] == ["task", b]
+    assert [s for s, _ in messages(events)] == [SYSTEM, b]
 
 
 async def test_stream_resumes_after_a_seq(
@@ -508,4 +628,116 @@ async def test_concurrent_run_room_calls_start_one_collaboration(
     events = await collect(rooms, made.id, 0, started[0].id)
     updates = [e.run_update for e in events if e.WhichOneof("event") == "run_update"]
     assert {u.id for u in updates} == {started[0].id}
-    assert [t for s, t in messages(events) if s == "task"] == ["t"]
+    assert [t for s, t in messages(events) if s == SYSTEM] == ["t"]
+
+
+# What reaches the model: an `openai` agent pointed at the fake model server,
+# which records every request.
+
+KEY_FILE = "rooms-fake-model-key"
+
+
+@pytest.fixture
+def fake_model(stack_under_test: Stack) -> Iterator[FakeModelServer]:
+    """A fake model server, its key in the stack's secrets directory."""
+    key = "sk-rooms-" + uuid.uuid4().hex
+    secrets = stack_under_test.data_dir / "secrets"
+    secrets.mkdir(exist_ok=True)
+    (secrets / KEY_FILE).write_text(key)
+    with FakeModelServer(expected_api_key=key) as fake:
+        yield fake
+
+
+async def openai_agent(
+    agents: agent_pb2_grpc.AgentServiceStub, fake: FakeModelServer, instructions: str
+) -> str:
+    made = await agents.CreateAgent(
+        agent_pb2.CreateAgentRequest(
+            agent=agent_pb2.Agent(
+                display_name="Listener",
+                instructions=instructions,
+                model=agent_pb2.ModelConfig(
+                    provider="openai",
+                    model="model-test",
+                    base_url=fake.openai_base_url,
+                    api_key=agent_pb2.SecretRef(file=KEY_FILE),
+                ),
+            )
+        )
+    )
+    return made.id
+
+
+def sent_messages(fake: FakeModelServer, index: int) -> list[dict[str, Any]]:
+    """The chat messages of the model request number `index`."""
+    messages: list[dict[str, Any]] = fake.requests[index].json["messages"]
+    return messages
+
+
+async def test_the_model_sees_humans_and_other_agents(
+    agents: agent_pb2_grpc.AgentServiceStub,
+    rooms: room_pb2_grpc.RoomServiceStub,
+    fake_model: FakeModelServer,
+) -> None:
+    fake_model.enqueue(Reply(text="listener first"), Reply(text="listener second"))
+    listener = await openai_agent(agents, fake_model, "Listen well.")
+    other = await agent(agents, "other agent: the launch is on Tuesday")
+    made = await room(rooms, [(listener, WORKER), (other, WORKER)], humans=("alice",))
+    await rooms.Say(
+        room_pb2.SayRequest(room_id=made.id, participant_id="alice", text="the budget is 5k")
+    )
+    run, _ = await run_to_end(rooms, made.id, task="plan the launch", max_turns=3)
+    assert (run.status, run.turns, run.result) == (COMPLETED, 3, "listener second")
+    assert len(fake_model.requests) == 2
+    first, second = sent_messages(fake_model, 0), sent_messages(fake_model, 1)
+    # Its instructions, then where it is and who else is there.
+    assert first[0]["role"] == "system"
+    assert first[0]["content"].startswith("Listen well.\n\nYou are Listener")
+    assert f"{other} (agent, worker)" in first[0]["content"]
+    assert "alice (human, worker)" in first[0]["content"]
+    assert first[1:] == [
+        {"role": "user", "content": "[alice]: the budget is 5k"},
+        {"role": "user", "content": "[task]: plan the launch"},
+    ]
+    # Its next turn: its own reply as the assistant's, the other agent's as a user turn.
+    assert second[1:] == [
+        {"role": "user", "content": "[alice]: the budget is 5k"},
+        {"role": "user", "content": "[task]: plan the launch"},
+        {"role": "assistant", "content": "listener first"},
+        {"role": "user", "content": f"[{other}]: other agent: the launch is on Tuesday"},
+    ]
+
+
+async def test_the_leader_reads_the_workers_answer(
+    agents: agent_pb2_grpc.AgentServiceStub,
+    rooms: room_pb2_grpc.RoomServiceStub,
+    fake_model: FakeModelServer,
+) -> None:
+    worker = await agent(agents, "the worker found 42")
+    fake_model.enqueue(
+        Reply(
+            tool_calls=[
+                FakeToolCall("delegate", {"worker": worker, "task": "find it"}, id="call_d")
+            ]
+        ),
+        Reply(text="The answer is 42."),
+    )
+    leader = await openai_agent(agents, fake_model, "Lead.")
+    made = await room(rooms, [(leader, LEADER), (worker, WORKER)])
+    run, events = await run_to_end(rooms, made.id, task="what is it?", strategy="leader")
+    assert (run.status, run.turns, run.result) == (COMPLETED, 2, "The answer is 42.")
+    assert len(fake_model.requests) == 2
+    tools = [t["function"]["name"] for t in fake_model.requests[0].json["tools"]]
+    assert "delegate" in tools
+    after = sent_messages(fake_model, 1)
+    call = next(m for m in after if m["role"] == "assistant" and m.get("tool_calls"))
+    assert call["tool_calls"][0]["id"] == "call_d"
+    result = next(m for m in after if m["role"] == "tool")
+    assert result["tool_call_id"] == "call_d"
+    assert json.loads(result["content"]) == {"worker": worker, "answer": "the worker found 42"}
+    assert messages(events) == [
+        (SYSTEM, "what is it?"),
+        (leader, f"@{worker} find it"),
+        (worker, "the worker found 42"),
+        (leader, "The answer is 42."),
+    ]

@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from aster.v1 import agent_pb2_grpc, room_pb2, room_pb2_grpc, run_pb2
-from tests.e2e.rooms_helpers import WORKER, agent, collect, messages, room
+from tests.e2e.rooms_helpers import SYSTEM, WORKER, agent, collect, messages, room
 from tests.processes import Ports, Process, stack_env, wait_grpc_healthy
 from tests.unit.storage.conftest import _reset_postgres
 
@@ -130,7 +130,7 @@ async def test_a_room_followed_on_b_sees_live_what_happens_through_a(
         ("alice", "hello"),
         ("alice", "anyone there?"),
         ("alice", f"@{first} start please"),
-        ("task", "count"),
+        (SYSTEM, "count"),
         (first, "one two three"),
         (second, "four five six"),
     ]

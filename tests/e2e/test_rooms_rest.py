@@ -97,6 +97,25 @@ async def test_rest_shapes_and_a_collaboration_over_sse(
     assert rest == whole[len(whole) // 2 + 1 :]
     got = await http.get(f"/v1/rooms/{room_id}/runs/{run_id}")
     assert got.json()["status"] == "RUN_STATUS_COMPLETED"
+    # Every message of the history has its text and its speaker: the task
+    # the system's, the rest the members'.
+    history = (await http.get(f"/v1/rooms/{room_id}/history")).json()
+    for message in history["messages"]:
+        assert message["text"], message
+        speakers = [message[k] for k in ("agent_id", "participant_id") if message.get(k)]
+        assert len(speakers) == 1, message
+    assert [
+        (m.get("agent_id") or m.get("participant_id"), m["text"]) for m in history["messages"]
+    ] == [
+        ("alice", f"hello @{lead}"),
+        (worker, "hi"),
+        ("system", "work"),
+        (lead, f"@{worker} do"),
+        (worker, "done by worker"),
+        (lead, "all done"),
+    ]
+    task = history["messages"][2]
+    assert task["room_run_id"] == run_id and "agent_id" not in task
     members = (await http.get(f"/v1/rooms/{room_id}/members")).json()["members"]
     assert [m.get("agent_id") or m.get("participant_id") for m in members] == [
         lead,

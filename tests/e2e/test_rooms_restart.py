@@ -1,4 +1,5 @@
-"""Rooms across a server restart, and between tenants (their own servers)."""
+"""Rooms across a server restart, and between tenants (their own servers,
+on SQLite and on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import signal
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
+from aster.server.rpc.convert import dict_to_struct
 from aster.v1 import agent_pb2, agent_pb2_grpc, room_pb2, room_pb2_grpc, run_pb2
 from tests.auth_helpers import Signer, auth_env
 from tests.conftest import DatabaseFor
 from tests.e2e.rooms_helpers import LEADER, WORKER, agent, room
-from tests.processes import Ports, start_server
+from tests.processes import Ports, start_edge, start_server
 
 
 async def test_a_room_survives_a_crash_and_its_run_is_marked_failed(
@@ -86,9 +89,11 @@ def signer() -> Signer:
     return Signer()
 
 
-async def test_tenants_never_see_each_others_rooms(tmp_path: Path, signer: Signer) -> None:
+async def test_tenants_never_see_each_others_rooms(
+    tmp_path: Path, signer: Signer, database_for: DatabaseFor
+) -> None:
     ports = Ports()
-    env = auth_env(signer.write_jwks(tmp_path / "jwks.json"))
+    env = auth_env(signer.write_jwks(tmp_path / "jwks.json"), **database_for("rooms_tenants"))
     server = start_server(ports, tmp_path, **env)
     scope = "agents.read agents.write rooms.read rooms.write"
 
@@ -96,18 +101,55 @@ async def test_tenants_never_see_each_others_rooms(tmp_path: Path, signer: Signe
         return (("authorization", f"Bearer {signer.token(tenant=tenant, scope=scope)}"),)
 
     try:
+        edge = start_edge(ports, tmp_path, **env)
+    except BaseException:
+        server.stop()
+        raise
+    try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{ports.grpc}") as channel:
             agents = agent_pb2_grpc.AgentServiceStub(channel)
             rooms = room_pb2_grpc.RoomServiceStub(channel)
             a, b = creds("tenant-a"), creds("tenant-b")
+            slow = await agents.CreateAgent(
+                agent_pb2.CreateAgentRequest(
+                    agent=agent_pb2.Agent(
+                        display_name="slow",
+                        model=agent_pb2.ModelConfig(
+                            provider="scripted",
+                            params=dict_to_struct(
+                                {
+                                    "token_delay_ms": 50,
+                                    "script": [{"text": " ".join(["w"] * 400)}],
+                                }
+                            ),
+                        ),
+                    )
+                ),
+                metadata=a,
+            )
             mine = await rooms.CreateRoom(
                 room_pb2.CreateRoomRequest(
                     room=room_pb2.Room(
                         display_name="a's",
-                        members=[room_pb2.RoomMember(participant_id="alice")],
+                        members=[
+                            room_pb2.RoomMember(participant_id="alice"),
+                            room_pb2.RoomMember(agent_id=slow.id),
+                        ],
                     )
                 ),
                 metadata=a,
+            )
+            # b's own room, to pair with a's ids.
+            yours = await rooms.CreateRoom(
+                room_pb2.CreateRoomRequest(
+                    room=room_pb2.Room(
+                        display_name="b's", members=[room_pb2.RoomMember(participant_id="alice")]
+                    )
+                ),
+                metadata=b,
+            )
+            running = await rooms.RunRoom(
+                room_pb2.RunRoomRequest(room_id=mine.id, task="t", max_turns=1), metadata=a
             )
             calls = [
                 rooms.GetRoom(room_pb2.GetRoomRequest(id=mine.id), metadata=b),
@@ -120,13 +162,32 @@ async def test_tenants_never_see_each_others_rooms(tmp_path: Path, signer: Signe
                 rooms.JoinRoom(
                     room_pb2.JoinRoomRequest(room_id=mine.id, participant_id="eve"), metadata=b
                 ),
+                rooms.LeaveRoom(
+                    room_pb2.LeaveRoomRequest(room_id=mine.id, participant_id="alice"),
+                    metadata=b,
+                ),
+                rooms.LeaveRoom(
+                    room_pb2.LeaveRoomRequest(room_id=mine.id, agent_id=slow.id), metadata=b
+                ),
                 rooms.RunRoom(room_pb2.RunRoomRequest(room_id=mine.id, task="t"), metadata=b),
+                rooms.GetRoomRun(
+                    room_pb2.GetRoomRunRequest(room_id=mine.id, id=running.id), metadata=b
+                ),
+                rooms.GetRoomRun(
+                    room_pb2.GetRoomRunRequest(room_id=yours.id, id=running.id), metadata=b
+                ),
+                rooms.CancelRoomRun(
+                    room_pb2.CancelRoomRunRequest(room_id=mine.id, id=running.id), metadata=b
+                ),
+                rooms.CancelRoomRun(
+                    room_pb2.CancelRoomRunRequest(room_id=yours.id, id=running.id), metadata=b
+                ),
                 rooms.DeleteRoom(room_pb2.DeleteRoomRequest(id=mine.id), metadata=b),
             ]
             for call in calls:
                 with pytest.raises(grpc.aio.AioRpcError) as failure:
                     await call
-                assert failure.value.code() == grpc.StatusCode.NOT_FOUND
+                assert failure.value.code() == grpc.StatusCode.NOT_FOUND, failure.value
             with pytest.raises(grpc.aio.AioRpcError) as streamed:
                 await rooms.StreamRoom(
                     room_pb2.StreamRoomRequest(room_id=mine.id), metadata=b
@@ -134,6 +195,46 @@ async def test_tenants_never_see_each_others_rooms(tmp_path: Path, signer: Signe
             assert streamed.value.code() == grpc.StatusCode.NOT_FOUND
             listed = await rooms.ListRooms(room_pb2.ListRoomsRequest(), metadata=b)
             assert mine.id not in [r.id for r in listed.rooms]
+
+            # The same through the edge.
+            base = f"http://127.0.0.1:{ports.http}"
+            async with httpx.AsyncClient(base_url=base, timeout=10, headers=dict(b)) as http:
+                refused = {
+                    "leave alice": await http.post(
+                        f"/v1/rooms/{mine.id}/leave", json={"participant_id": "alice"}
+                    ),
+                    "leave agent": await http.post(
+                        f"/v1/rooms/{mine.id}/leave", json={"agent_id": slow.id}
+                    ),
+                    "get run": await http.get(f"/v1/rooms/{mine.id}/runs/{running.id}"),
+                    "get run in b's room": await http.get(
+                        f"/v1/rooms/{yours.id}/runs/{running.id}"
+                    ),
+                    "cancel run": await http.post(
+                        f"/v1/rooms/{mine.id}/runs/{running.id}:cancel", json={}
+                    ),
+                    "cancel run in b's room": await http.post(
+                        f"/v1/rooms/{yours.id}/runs/{running.id}:cancel", json={}
+                    ),
+                    "get room": await http.get(f"/v1/rooms/{mine.id}"),
+                    "history": await http.get(f"/v1/rooms/{mine.id}/history"),
+                }
+                for what, response in refused.items():
+                    assert response.status_code == 404, (what, response.text)
+                    assert response.json()["details"][0]["reason"] == "NOT_FOUND", what
+
+            # Nothing of a's changed: its members are all there and its run
+            # is still running (b's cancels reached nothing).
+            owned = await rooms.GetRoom(room_pb2.GetRoomRequest(id=mine.id), metadata=a)
+            assert [m.agent_id or m.participant_id for m in owned.members] == ["alice", slow.id]
+            still = await rooms.GetRoomRun(
+                room_pb2.GetRoomRunRequest(room_id=mine.id, id=running.id), metadata=a
+            )
+            assert still.status == run_pb2.RUN_STATUS_RUNNING, still
+            await rooms.CancelRoomRun(
+                room_pb2.CancelRoomRunRequest(room_id=mine.id, id=running.id), metadata=a
+            )
+
             # Another tenant's agent cannot be made a member.
             theirs = await agent_in(agents, a)
             with pytest.raises(grpc.aio.AioRpcError) as foreign:
@@ -147,8 +248,6 @@ async def test_tenants_never_see_each_others_rooms(tmp_path: Path, signer: Signe
                     metadata=b,
                 )
             assert foreign.value.code() == grpc.StatusCode.NOT_FOUND
-            owned = await rooms.GetRoom(room_pb2.GetRoomRequest(id=mine.id), metadata=a)
-            assert owned.id == mine.id
             missing_scope = (
                 ("authorization", f"Bearer {signer.token(tenant='tenant-a', scope='rooms.read')}"),
             )
@@ -159,4 +258,5 @@ async def test_tenants_never_see_each_others_rooms(tmp_path: Path, signer: Signe
                 )
             assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:
+        edge.stop()
         assert server.stop() == 0

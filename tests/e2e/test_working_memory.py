@@ -1,6 +1,6 @@
 """Working memory end to end: gRPC against the real server, REST through
-Envoy (the fixed shapes), bad input, tenant isolation with JWTs, and an
-agent run that calls memory_set and memory_get."""
+Envoy (the fixed shapes), bad input, tenant isolation with JWTs (on SQLite
+and on PostgreSQL), and an agent run that calls memory_set and memory_get."""
 
 from __future__ import annotations
 
@@ -21,13 +21,17 @@ from aster.v1 import (
     agent_pb2_grpc,
     memory_pb2,
     memory_pb2_grpc,
+    room_pb2,
+    room_pb2_grpc,
     run_pb2,
+    session_pb2,
+    session_pb2_grpc,
     tool_pb2,
     tool_pb2_grpc,
 )
 from tests.auth_helpers import Signer, auth_env
 from tests.chat_helpers import scripted_agent
-from tests.conftest import Stack
+from tests.conftest import DatabaseFor, Stack
 from tests.processes import Ports, Process, start_edge, start_server
 from tests.rpc_errors import error_info, expect_error
 
@@ -470,17 +474,21 @@ class JwtStack:
         return (("authorization", f"Bearer {self.signer.token(tenant=tenant, scope=scope)}"),)
 
 
-ALL = "memory.read memory.write agents.read agents.write"
+ALL = "memory.read memory.write agents.read agents.write sessions.write rooms.write"
 
 
 @pytest.fixture(scope="module")
-def jwt_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JwtStack]:
+def jwt_stack(
+    tmp_path_factory: pytest.TempPathFactory, database_for: DatabaseFor
+) -> Iterator[JwtStack]:
+    """A server with JWTs and its edge, on SQLite, then on PostgreSQL."""
     data_dir: Path = tmp_path_factory.mktemp("memw-jwt")
     signer = Signer()
     env = auth_env(
         signer.write_jwks(data_dir / "jwks.json"),
         ASTER_RATE_LIMIT_RPS="1000",
         ASTER_RATE_LIMIT_BURST="1000",
+        **database_for("memw_jwt"),
     )
     ports = Ports()
     server = start_server(ports, data_dir, **env)
@@ -535,6 +543,36 @@ async def test_tenants_never_see_each_others_memory(
         ),
     ):
         await expect_error(call, Code.NOT_FOUND)
+    # Nor can b use a's session or room as a scope: NOT_FOUND, as for ids
+    # that exist nowhere.
+    session = await session_pb2_grpc.SessionServiceStub(jwt_channel).CreateSession(
+        session_pb2.CreateSessionRequest(session=session_pb2.Session(agent_id=agent.id)),
+        metadata=a,
+    )
+    room = await room_pb2_grpc.RoomServiceStub(jwt_channel).CreateRoom(
+        room_pb2.CreateRoomRequest(
+            room=room_pb2.Room(display_name="a's", members=[room_pb2.RoomMember(agent_id=agent.id)])
+        ),
+        metadata=a,
+    )
+    for field, scope_id in (("session_id", session.id), ("room_id", room.id)):
+        entry = memory_pb2.WorkingMemoryEntry(key="k", value=value(1), **{field: scope_id})
+        assert (
+            await memory.SetWorkingMemory(
+                memory_pb2.SetWorkingMemoryRequest(entry=entry), metadata=a
+            )
+        ).key == "k"
+        for call in (
+            memory.SetWorkingMemory(memory_pb2.SetWorkingMemoryRequest(entry=entry), metadata=b),
+            memory.ListWorkingMemoryEntries(
+                memory_pb2.ListWorkingMemoryEntriesRequest(**{field: scope_id}), metadata=b
+            ),
+            memory.ClearWorkingMemory(
+                memory_pb2.ClearWorkingMemoryRequest(**{field: scope_id}), metadata=b
+            ),
+        ):
+            error = await expect_error(call, Code.NOT_FOUND)
+            assert scope_id in (error.details() or "")
     # b's shared scope is its own
     listed = await memory.ListWorkingMemoryEntries(
         memory_pb2.ListWorkingMemoryEntriesRequest(), metadata=b
@@ -556,6 +594,17 @@ async def test_tenants_never_see_each_others_memory(
         assert (
             await http.get(f"/v1/memory/working/{mine.id}", headers=headers_b)
         ).status_code == 404
+        for field, scope_id in (
+            ("agent_id", agent.id),
+            ("session_id", session.id),
+            ("room_id", room.id),
+        ):
+            refused = await http.post(
+                "/v1/memory/working",
+                json={"key": "k", "value": 1, field: scope_id},
+                headers=headers_b,
+            )
+            assert refused.status_code == 404, (field, refused.text)
         listed_b = await http.get("/v1/memory/working", headers=headers_b)
         assert listed_b.json() == {"entries": [], "next_page_token": ""}
         assert (await http.get("/v1/memory/working")).status_code == 401

@@ -183,8 +183,8 @@ export type RoomMessage = Message<"aster.v1.RoomMessage"> & {
   seq: bigint;
 
   /**
-   * Who posted the message. The task that opens a collaboration has
-   * neither speaker.
+   * Who posted the message. The task that opens a collaboration is posted
+   * by the reserved participant `system` (no member may take that id).
    *
    * @generated from oneof aster.v1.RoomMessage.speaker
    */
