@@ -228,7 +228,7 @@ def build_components(settings: Settings) -> Components:
         providers=providers,
         tools=tools,
         executor=executor,
-        scopes=ScopeChecker(agents, sessions),
+        scopes=ScopeChecker(agents, sessions, RoomRepository(database)),
         working=working_memory,
     )
     streams = StreamLog(StreamRepository(database), bus)

@@ -6,17 +6,14 @@ from __future__ import annotations
 from aster.server.agents.service import AgentService
 from aster.server.config import Settings
 from aster.server.errors import StartupError
-from aster.server.ids import check_id
 from aster.server.memory.auto_recall import AutoRecall
 from aster.server.memory.consolidation import (
     Consolidator,
-    RoomLookup,
     Summarizer,
     WorkingEntries,
 )
 from aster.server.memory.embedders.base import EmbedderUnavailable
 from aster.server.memory.embedders.registry import build_embedder
-from aster.server.memory.semantic_models import Scope
 from aster.server.memory.semantic_service import ScopeCheck, SemanticMemoryService
 from aster.server.memory.semantic_servicer import SemanticMemory
 from aster.server.memory.semantic_tools import SemanticMemoryTools
@@ -28,25 +25,6 @@ from aster.server.storage.room_repository import RoomRepository
 from aster.server.storage.semantic_memory_repository import SemanticMemoryRepository
 from aster.server.storage.session_repository import SessionRepository
 from aster.server.tools.service import ToolService
-
-
-class RoomsExist:
-    """A scope check that also requires the scope's room to exist in the
-    caller's tenant (NOT_FOUND otherwise, as for an unknown or another
-    tenant's agent or session), after the checks of `inner`."""
-
-    def __init__(self, inner: ScopeCheck | None, rooms: RoomLookup) -> None:
-        self._inner = inner
-        self._rooms = rooms
-
-    async def check(self, tenant: str, scope: Scope, prefix: str = "") -> Scope:
-        """`scope`, or INVALID_ARGUMENT/NOT_FOUND naming the field."""
-        if self._inner is not None:
-            scope = await self._inner.check(tenant, scope, prefix)
-        if scope.room_id:
-            check_id(scope.room_id, f"{prefix}room_id")
-            await self._rooms.get(tenant, scope.room_id)
-        return scope
 
 
 def build_semantic_memory(
@@ -76,7 +54,7 @@ def build_semantic_memory(
         repository,
         embedder,
         AutoVectorIndex(repository, settings.memory_cache_max_vectors),
-        RoomsExist(scopes, rooms),
+        scopes,
     )
     consolidator = Consolidator(
         service,
