@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -386,6 +386,7 @@ class ExecutionRun:
         }
         results: dict[str, Any] = {}
         parked: Parked | None = None
+        parked_branches: list[str] = []
         failures: list[str] = []
         pending = set(tasks.values())
         try:
@@ -398,6 +399,7 @@ class ExecutionRun:
                         results[branch] = task.result()
                     elif isinstance(error, Parked):
                         parked = error
+                        parked_branches.append(branch)
                     elif isinstance(error, StepFailed):
                         failures.append(str(error))
                     else:
@@ -407,7 +409,15 @@ class ExecutionRun:
                 if action.join is ParallelJoin.ALL and failures:
                     break
         finally:
-            await self._stop_branches(tasks, prefix, self._stop_reasons.pop(key, STOPPED_BRANCH))
+            # A branch waiting for approval is stopped too once the step is
+            # decided without it (another branch won, or one failed).
+            decided = bool(failures) or (action.join is ParallelJoin.ANY and bool(results))
+            await self._stop_branches(
+                tasks,
+                prefix,
+                self._stop_reasons.pop(key, STOPPED_BRANCH),
+                parked_branches if decided else [],
+            )
         if action.join is ParallelJoin.ANY and results:
             return results
         if failures:
@@ -417,18 +427,23 @@ class ExecutionRun:
         return results
 
     async def _stop_branches(
-        self, tasks: dict[str, asyncio.Task[Any]], prefix: str, reason: str
+        self,
+        tasks: dict[str, asyncio.Task[Any]],
+        prefix: str,
+        reason: str,
+        parked: Sequence[str] = (),
     ) -> None:
-        """Cancels the branches still running and ends their open attempts
-        (CANCELLED, with `reason` as their error)."""
+        """Cancels the branches still running and ends their open attempts,
+        and those of the `parked` ones (CANCELLED, with `reason` as their
+        error)."""
         running = [b for b, t in tasks.items() if not t.done()]
         for branch in running:
             tasks[branch].cancel()
-        if not running:
+        if not running and not parked:
             return
         await asyncio.gather(*(tasks[b] for b in running), return_exceptions=True)
         names: set[str] = set()
-        for branch in running:
+        for branch in [*running, *parked]:
             names |= self._reachable(branch)
         await self._flush()
         await self._repo.cancel_open_steps(

@@ -581,6 +581,31 @@ async def test_join_any_loop_until_and_condition_else(
     assert pick["result"] is False and pick["branch"] == "otherwise"
 
 
+async def test_join_any_won_while_another_branch_waits_for_approval(
+    stubs: tuple[workflow_pb2_grpc.WorkflowServiceAsyncStub, agent_pb2_grpc.AgentServiceAsyncStub],
+) -> None:
+    workflows, _ = stubs
+    workflow = await create_workflow(
+        workflows,
+        [
+            {
+                "name": "race",
+                "parallel": {"branches": ["ask", "nap"], "join": "PARALLEL_JOIN_ANY"},
+            },
+            {"name": "ask", "approval": {"prompt": "?"}},
+            # The approval parks at once; the other branch wins a moment later.
+            {"name": "nap", "wait": "1s", "next": "quick"},
+            calc("quick", "40 + 2"),
+        ],
+    )
+    execution = await execute(workflows, workflow.id, {})
+    done = await wait_state(workflows, workflow.id, execution.id, TERMINAL)
+    assert done.state == COMPLETED, done.error
+    assert attempts(done, "race")[0].output.struct_value["nap"] == 42  # the chain's last output
+    # The approval the winner made moot is closed, not left waiting.
+    assert [a.state for a in attempts(done, "ask")] == [wp.STEP_EXECUTION_STATE_CANCELLED]
+
+
 async def test_an_execution_runs_its_pinned_version_to_the_end(
     stubs: tuple[workflow_pb2_grpc.WorkflowServiceAsyncStub, agent_pb2_grpc.AgentServiceAsyncStub],
 ) -> None:
@@ -730,7 +755,7 @@ async def test_a_composite_timeout_cancels_the_steps_inside_and_fails_the_step(
     around = await create_workflow(
         workflows,
         [
-            {"name": "around", "loop": {"body": "tick"}, "timeout": "1.2s"},
+            {"name": "around", "loop": {"body": "tick"}, "timeout": "1.7s"},
             {"name": "tick", "wait": "0.5s"},
         ],
     )
@@ -744,7 +769,9 @@ async def test_a_composite_timeout_cancels_the_steps_inside_and_fails_the_step(
                     "then_step": "call",
                     "else_step": "quick",
                 },
-                "timeout": "0.5s",
+                # Under the slow tool's 3 s, and room for the quick arm on a
+                # busy machine.
+                "timeout": "2s",
             },
             {"name": "call", "tool": {"tool_id": slow_tool}},
             calc("quick", "6 * 7"),
@@ -786,7 +813,7 @@ async def test_a_composite_timeout_cancels_the_steps_inside_and_fails_the_step(
 
     # Loop: the iterations done stay done; the one running is cancelled.
     assert around_done.state == wp.EXECUTION_STATE_FAILED
-    assert around_done.error == STEP_TIMED_OUT.format("around", "1.2")
+    assert around_done.error == STEP_TIMED_OUT.format("around", "1.7")
     ticks = [s for s in around_done.steps if s.step_name == "tick"]
     assert [s.key for s in ticks] == [f"around[{i}]/tick" for i in range(1, len(ticks) + 1)]
     assert len(ticks) >= 2
@@ -798,7 +825,7 @@ async def test_a_composite_timeout_cancels_the_steps_inside_and_fails_the_step(
 
     # Condition: the slow arm is cut short; the quick arm finishes in time.
     assert check_done.state == wp.EXECUTION_STATE_FAILED
-    assert check_done.error == STEP_TIMED_OUT.format("check", "0.5")
+    assert check_done.error == STEP_TIMED_OUT.format("check", "2")
     assert attempts(check_done, "call")[0].state == wp.STEP_EXECUTION_STATE_CANCELLED
     assert quick_done.state == COMPLETED, quick_done.error
     assert quick_done.output.struct_value["output"] == 42
