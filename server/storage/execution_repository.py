@@ -23,6 +23,7 @@ from aster.server.errors import FailedPrecondition, NotFound
 from aster.server.pagination import Cursor
 from aster.server.storage.database import Database
 from aster.server.storage.execution_tables import ExecutionRow, StepAttemptRow
+from aster.server.storage.row_locks import lock_in_id_order
 from aster.server.storage.stream_repository import NewEvent, append_in
 from aster.server.storage.stream_tables import StreamEventRow
 from aster.server.streams.models import StreamEvent
@@ -239,12 +240,14 @@ class ExecutionRepository:
             ExecutionRow.state == _RUNNING,
         )
         async with self._db.session() as db:
-            await db.execute(
-                update(ExecutionRow)
-                .where(*mine)
-                .values(lease_expires=now + timedelta(seconds=lease_s))
-            )
-            return set((await db.scalars(select(ExecutionRow.id).where(*mine))).all())
+            held = await lock_in_id_order(db, ExecutionRow.id, *mine)
+            if held:
+                await db.execute(
+                    update(ExecutionRow)
+                    .where(ExecutionRow.id.in_(held))
+                    .values(lease_expires=now + timedelta(seconds=lease_s))
+                )
+            return set(held)
 
     async def rescue(
         self, now: datetime, rescuer: str, max_attempts: int = 0

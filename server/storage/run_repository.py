@@ -23,6 +23,7 @@ from aster.server.runs.models import (
 )
 from aster.server.sessions.models import Checkpoint
 from aster.server.storage.database import Database
+from aster.server.storage.row_locks import lock_in_id_order
 from aster.server.storage.run_tables import RunEventRow, RunRow, SessionRow
 from aster.server.storage.session_repository import checkpoint_row
 
@@ -180,10 +181,14 @@ class RunRepository:
             RunRow.status == RunStatus.RUNNING.value,
         )
         async with self._db.session() as db:
-            await db.execute(
-                update(RunRow).where(*mine).values(lease_expires=now + timedelta(seconds=lease_s))
-            )
-            return set((await db.scalars(select(RunRow.id).where(*mine))).all())
+            held = await lock_in_id_order(db, RunRow.id, *mine)
+            if held:
+                await db.execute(
+                    update(RunRow)
+                    .where(RunRow.id.in_(held))
+                    .values(lease_expires=now + timedelta(seconds=lease_s))
+                )
+            return set(held)
 
     async def rescue(
         self, now: datetime, rescuer: str = "", max_attempts: int = 0
@@ -196,11 +201,13 @@ class RunRepository:
         async with self._db.session() as db:
             lapsed = (
                 await db.execute(
-                    select(RunRow.id, RunRow.attempt, RunRow.last_seq).where(
+                    select(RunRow.id, RunRow.attempt, RunRow.last_seq)
+                    .where(
                         RunRow.status == RunStatus.RUNNING.value,
                         RunRow.lease_expires < now,
                         RunRow.lease_owner != rescuer,
                     )
+                    .order_by(RunRow.id)  # each is locked in turn: in id order
                 )
             ).all()
             rescued: list[str] = []
@@ -332,7 +339,8 @@ class RunRepository:
             groups.setdefault((event.run_id, event.attempt), []).append(event)
         fenced: set[tuple[str, int]] = set()
         async with self._db.session() as db:
-            for (run_id, attempt), group in groups.items():
+            # In id order, like every transaction locking several runs.
+            for (run_id, attempt), group in sorted(groups.items()):
                 result = await db.execute(
                     update(RunRow)
                     .where(

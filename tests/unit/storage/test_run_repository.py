@@ -207,3 +207,38 @@ async def test_a_zombie_message_waits_for_a_rescue_in_flight_and_is_refused(
     with pytest.raises(RunAttemptStale):
         await zombie
     assert await sessions.messages("t1", s.id) == []
+
+
+async def test_renewals_and_event_writes_of_many_runs_do_not_deadlock(
+    database: Database,
+) -> None:
+    runs = RunRepository(database)
+    held: list[str] = []
+    sessions: dict[str, str] = {}
+    for _ in range(20):
+        s = await session(database)
+        queued, _ = await runs.admit("t1", run(s.id), lambda _: "")
+        assert await runs.lease(queued.id, "w1", utcnow(), 30) is not None
+        held.append(queued.id)
+        sessions[queued.id] = s.id
+    seq = {run_id: 0 for run_id in held}
+
+    async def write_events(order: list[str]) -> None:
+        batch = []
+        for run_id in order:
+            seq[run_id] += 1
+            batch.append(
+                RunEvent(run_id, sessions[run_id], seq[run_id], 1, "text_delta", {}, utcnow())
+            )
+        assert await runs.append_events(batch) == set()
+
+    # One worker's heartbeat and its event flushes run side by side on
+    # separate connections, each touching every run, in opposite orders.
+    for _ in range(15):
+        await asyncio.gather(
+            runs.renew("w1", list(reversed(held)), utcnow(), 30),
+            write_events(held),
+            write_events(list(reversed(held))),
+            runs.renew("w1", held, utcnow(), 30),
+        )
+    assert await runs.renew("w1", held, utcnow(), 30) == set(held)
