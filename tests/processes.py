@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,8 +92,18 @@ def start_server(ports: Ports, data_dir: Path, **extra: str) -> Process:
         stack_env(ports, data_dir, **extra),
         data_dir / "logs",
     )
-    wait_grpc_healthy(process, ports.grpc)
+    _stop_unless(lambda: wait_grpc_healthy(process, ports.grpc), process)
     return process
+
+
+def _stop_unless(wait: Callable[[], None], process: Process) -> None:
+    """Runs `wait`; if it fails, stops `process` before raising, so a
+    process that never became ready does not outlive its test."""
+    try:
+        wait()
+    except BaseException:
+        process.stop()
+        raise
 
 
 def start_edge(ports: Ports, data_dir: Path, **extra: str) -> Process:
@@ -103,7 +114,7 @@ def start_edge(ports: Ports, data_dir: Path, **extra: str) -> Process:
         stack_env(ports, data_dir, **extra),
         data_dir / "logs",
     )
-    wait_http_ok(process, f"http://127.0.0.1:{ports.http}/health")
+    _stop_unless(lambda: wait_http_ok(process, f"http://127.0.0.1:{ports.http}/health"), process)
     return process
 
 
