@@ -368,16 +368,7 @@ class ExecutionRun:
             names |= self._reachable(sub)
         # A loop's own steps are keyed `<loop key>[<iteration>]/<name>`.
         key_prefix = f"{key}[" if isinstance(step.action, LoopStep) else prefix
-        await self._flush()
-        await self._repo.cancel_open_steps(
-            self._owner,
-            self._generation,
-            self._execution.id,
-            names,
-            key_prefix,
-            error,
-            utcnow(),
-        )
+        await self._cancel_open(names, key_prefix, error)
 
     async def _parallel(self, action: ParallelStep, key: str, prefix: str) -> Any:
         tasks = {
@@ -445,14 +436,19 @@ class ExecutionRun:
         names: set[str] = set()
         for branch in [*running, *parked]:
             names |= self._reachable(branch)
+        await self._cancel_open(names, prefix, reason)
+
+    async def _cancel_open(self, names: set[str], key_prefix: str, error: str) -> None:
+        """Stores the deferred ends, then ends the open attempts of `names`
+        under `key_prefix` as CANCELLED with `error`."""
         await self._flush()
         await self._repo.cancel_open_steps(
             self._owner,
             self._generation,
             self._execution.id,
             names,
-            prefix,
-            reason,
+            key_prefix,
+            error,
             utcnow(),
         )
 

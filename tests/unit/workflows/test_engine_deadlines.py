@@ -7,21 +7,21 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
 from aster.server.clock import utcnow
 from aster.server.workflows import engine as engine_module
-from aster.server.workflows.engine import EngineDependencies, ExecutionRun
+from aster.server.workflows.engine import ExecutionRun
 from aster.server.workflows.execution_models import (
-    Execution,
     ExecutionState,
     StepAttempt,
     StepState,
 )
 from aster.server.workflows.graph import build_graph
 from aster.server.workflows.models import ApprovalStep, LoopStep, Step, WaitStep
+from tests.unit.workflows.engine_fakes import execution_run
 
 
 class Repository:
@@ -54,11 +54,6 @@ class Repository:
         return []
 
 
-class Streams:
-    async def publish(self, events: Any) -> None:
-        return None
-
-
 STEPS = [
     Step("around", LoopStep(body="ask", max_iterations=1), timeout=timedelta(seconds=30)),
     Step("ask", ApprovalStep(prompt="?"), next="nap", timeout=timedelta(seconds=60)),
@@ -67,23 +62,7 @@ STEPS = [
 
 
 def run_of(repository: Repository, steps: list[StepAttempt]) -> ExecutionRun:
-    deps = EngineDependencies(
-        executions=cast(Any, repository),
-        streams=cast(Any, Streams()),
-        tools=cast(Any, None),
-        agents=cast(Any, None),
-    )
-    execution = Execution(
-        id="exe_1",
-        tenant="t1",
-        workflow_id="wf_1",
-        workflow_version=1,
-        state=ExecutionState.RUNNING,
-        input={},
-        create_time=utcnow(),
-        steps=steps,
-    )
-    return ExecutionRun(deps, execution, build_graph(STEPS), owner="w1")
+    return execution_run(repository, build_graph(STEPS), steps)
 
 
 async def test_an_approval_waits_until_the_deadline_of_the_loop_around_it() -> None:

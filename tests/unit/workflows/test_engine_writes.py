@@ -4,13 +4,12 @@ to a cancel (a parallel step stopping a branch mid-write)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
-from aster.server.clock import utcnow
-from aster.server.workflows.engine import EngineDependencies, ExecutionRun
-from aster.server.workflows.execution_models import Execution, ExecutionState
+from aster.server.workflows.engine import ExecutionRun
+from tests.unit.workflows.engine_fakes import execution_run
 
 
 class SlowRepository:
@@ -33,28 +32,8 @@ class SlowRepository:
         return []
 
 
-class Streams:
-    async def publish(self, events: Any) -> None:
-        return None
-
-
 def engine(repository: SlowRepository) -> ExecutionRun:
-    deps = EngineDependencies(
-        executions=cast(Any, repository),
-        streams=cast(Any, Streams()),
-        tools=cast(Any, None),
-        agents=cast(Any, None),
-    )
-    execution = Execution(
-        id="exe_1",
-        tenant="t1",
-        workflow_id="wfl_1",
-        workflow_version=1,
-        state=ExecutionState.RUNNING,
-        input={},
-        create_time=utcnow(),
-    )
-    return ExecutionRun(deps, execution, graph=cast(Any, None), owner="w1")
+    return execution_run(repository)
 
 
 def end(key: str) -> tuple[Any, list[Any]]:
