@@ -250,18 +250,24 @@ class ExecutionRepository:
             return set(held)
 
     async def rescue(
-        self, now: datetime, rescuer: str, max_attempts: int = 0
+        self,
+        now: datetime,
+        rescuer: str,
+        max_attempts: int = 0,
+        driving: Sequence[str] = (),
     ) -> tuple[list[str], list[StreamEvent]]:
         """Puts RUNNING executions whose lease lapsed (their worker died or
         stalled) back to PENDING, for any worker to take as the next
-        generation. A worker never rescues its own (it is alive, only
-        late). An execution whose worker was lost `max_attempts` times
-        (0: no cap) ends FAILED instead, its open step attempts CANCELLED.
-        Returns the ids put back and the events of the executions given up."""
+        generation. A worker does not rescue the ones it is `driving` (it is
+        alive, only late), but does rescue one it holds and no longer
+        drives, which nobody else would. An execution whose worker was lost
+        `max_attempts` times (0: no cap) ends FAILED instead, its open step
+        attempts CANCELLED. Returns the ids put back and the events of the
+        executions given up."""
         lapsed = (
             ExecutionRow.state == _RUNNING,
             ExecutionRow.lease_expires < now,
-            ExecutionRow.lease_owner != rescuer,
+            or_(ExecutionRow.lease_owner != rescuer, ExecutionRow.id.not_in(list(driving))),
         )
         async with self._db.session() as db:
             given_up: list[StreamEvent] = []

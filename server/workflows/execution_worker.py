@@ -103,15 +103,18 @@ class ExecutionWorker:
             self._track(execution_id, asyncio.create_task(self._drive_claimed(execution_id)))
 
     async def _renew(self) -> None:
-        held = await self._repo.renew(
-            self.owner, list(self._generations), utcnow(), self._lease.lease_s
-        )
-        for execution_id in set(self._generations) - held:
+        # Only the executions asked about: one taken while the renewal was
+        # on its way is not in `held`, and is not lost.
+        asked = list(self._generations)
+        held = await self._repo.renew(self.owner, asked, utcnow(), self._lease.lease_s)
+        for execution_id in set(asked) - held:
             _log.warning("lost the lease of an execution; stopping it here", id=execution_id)
             self.stop_local(execution_id)
 
     async def _rescue(self) -> None:
-        rescued, given_up = await self._repo.rescue(utcnow(), self.owner, self._lease.max_attempts)
+        rescued, given_up = await self._repo.rescue(
+            utcnow(), self.owner, self._lease.max_attempts, driving=list(self._generations)
+        )
         if given_up:
             _log.error(
                 "gave up on executions that lost their worker every time",

@@ -83,9 +83,10 @@ async def test_leases_fence_a_worker_that_lost_its_execution(database: Database)
     assert leased is not None and leased.generation == 1 and leased.lease_owner == "w1"
     await repo.add_step("w1", 1, "t1", step(created.id))
     assert await repo.renew("w1", [created.id], now, 10) == {created.id}
-    # The lease lapses: its own worker does not rescue it, another does.
+    # The lease lapses: its own worker, still driving it, does not rescue
+    # it; another worker does.
     later = now + timedelta(seconds=60)
-    assert await repo.rescue(later, "w1") == ([], [])
+    assert await repo.rescue(later, "w1", driving=[created.id]) == ([], [])
     assert await repo.rescue(later, "w2") == ([created.id], [])
     again = await repo.lease(created.id, "w2", later, 10)
     assert again is not None and again.generation == 2
@@ -281,3 +282,18 @@ async def test_a_rejection_ends_every_open_step_of_the_execution(database: Datab
     for key in ("p", "b"):
         assert states[key][0] is StepState.CANCELLED, key
         assert "rejected" in states[key][1]
+
+
+async def test_a_worker_rescues_a_lapsed_execution_it_holds_but_no_longer_drives(
+    database: Database,
+) -> None:
+    repo = ExecutionRepository(database)
+    created, _ = await repo.create(execution(), PENDING)
+    now = utcnow()
+    assert await repo.claim("w1", now, 10, 10) == [created.id]
+    # w1 stopped driving it without giving it back: on a single replica
+    # nobody else would ever take it up.
+    later = now + timedelta(seconds=60)
+    assert await repo.rescue(later, "w1", driving=[]) == ([created.id], [])
+    again = await repo.claim("w1", later, 10, 10)
+    assert again == [created.id]
